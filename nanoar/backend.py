@@ -1,0 +1,169 @@
+"""The one module that knows NumPy from CuPy.
+
+Everything else in nanoar asks this module for the array module (`xp()`), the default
+float dtype, and the seeded random generator. Arrays never move between host and device
+behind the user's back: `to_numpy` and `to_device` are the explicit ways across.
+
+    import nanoar
+    nanoar.set_device("cuda")          # or NANOAR_DEVICE=cuda, or --device cuda in scripts
+    nanoar.set_default_dtype("float64")  # for gradient checks; float32 is the default
+    nanoar.manual_seed(0)              # seeds the generator of the current device
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+_DEVICES = ("cpu", "cuda")
+
+_state = {
+    "device": "cpu",
+    "xp": np,
+    "dtype": np.dtype(np.float32),
+    "rng": np.random.default_rng(0),
+}
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used (CuPy missing, no GPU) or arrays were mixed."""
+
+
+def _import_cupy():
+    try:
+        import cupy  # noqa: PLC0415  (only this module may import CuPy)
+    except ImportError as e:
+        raise DeviceError(
+            "device 'cuda' needs CuPy, which is not installed. Install the wheel that matches "
+            "your CUDA toolkit, e.g. `pip install cupy-cuda12x` (CUDA 12.x) or "
+            "`pip install cupy-cuda13x` (CUDA 13.x); see README.md."
+        ) from e
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDA driver missing or broken
+        raise DeviceError(f"device 'cuda': CuPy is installed but no usable GPU was found ({e}).") from e
+    if n < 1:
+        raise DeviceError("device 'cuda': CuPy is installed but no GPU was found.")
+    return cupy
+
+
+def set_device(device: str, seed: int | None = None) -> None:
+    """Select 'cpu' (NumPy) or 'cuda' (CuPy). Never falls back silently.
+
+    Tensors created before the switch keep their arrays; mixing them with new ones raises.
+    """
+    if device not in _DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {_DEVICES}")
+    xp = np if device == "cpu" else _import_cupy()
+    _state["device"] = device
+    _state["xp"] = xp
+    manual_seed(0 if seed is None else seed)
+
+
+def get_device() -> str:
+    return _state["device"]
+
+
+def xp():
+    """The array module of the current device: `numpy` or `cupy`."""
+    return _state["xp"]
+
+
+def array_module(a):
+    """The array module an array belongs to (numpy for anything that is not a CuPy array)."""
+    return _state["xp"] if is_device_array(a) else np
+
+
+def is_device_array(a) -> bool:
+    """True for a CuPy array, decided without importing CuPy when it is not in use."""
+    return type(a).__module__.startswith("cupy")
+
+
+def check_same_device(a, where: str = "") -> None:
+    """Raise if array `a` does not live on the current device (no implicit copies)."""
+    on_gpu = is_device_array(a)
+    if on_gpu != (_state["device"] == "cuda"):
+        have = "a CuPy (GPU) array" if on_gpu else "a NumPy (host) array"
+        raise DeviceError(
+            f"{where}got {have} but the current device is {_state['device']!r}; "
+            "move it explicitly with nanoar.to_device(...) or nanoar.to_numpy(...)"
+        )
+
+
+def to_numpy(a) -> np.ndarray:
+    """Explicit copy of an array (or Tensor) to the host as a NumPy array."""
+    a = getattr(a, "data", a)
+    if is_device_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def to_device(a):
+    """Explicit copy of a host array to the current device (a no-op on 'cpu')."""
+    a = getattr(a, "data", a)
+    return _state["xp"].asarray(a)
+
+
+# ----------------------------------------------------------------------------- dtype
+def set_default_dtype(dtype) -> None:
+    """float32 (default, fast) or float64 (for gradient checks and exact-sum tests)."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"default dtype must be float32 or float64, got {dtype}")
+    _state["dtype"] = dtype
+
+
+def default_dtype() -> np.dtype:
+    return _state["dtype"]
+
+
+class default_dtype_as:
+    """Context manager: `with default_dtype_as("float64"): ...`."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def __enter__(self):
+        self.old = _state["dtype"]
+        set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        _state["dtype"] = self.old
+
+
+# ----------------------------------------------------------------------------- random
+def manual_seed(seed: int) -> None:
+    """Seed the backend's generator (on the current device)."""
+    _state["rng"] = _state["xp"].random.default_rng(seed)
+
+
+def rng():
+    """The backend's generator (numpy.random.Generator or cupy.random.Generator)."""
+    return _state["rng"]
+
+
+def make_rng(seed=None):
+    """A fresh generator on the current device; `seed=None` means the backend's own."""
+    return _state["rng"] if seed is None else _state["xp"].random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------- differing calls
+def scatter_add(target, index, values) -> None:
+    """target[index] += values, accumulating over repeated indices, in place."""
+    if is_device_array(target):
+        import cupyx  # noqa: PLC0415
+
+        cupyx.scatter_add(target, index, values)
+    else:
+        np.add.at(target, index, values)
+
+
+def as_strided(a, shape, strides):
+    """A strided view of `a` (read-only use only: windows overlap)."""
+    if is_device_array(a):
+        return _state["xp"].lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+    return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
+
+
+if os.environ.get("NANOAR_DEVICE"):
+    set_device(os.environ["NANOAR_DEVICE"])

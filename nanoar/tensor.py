@@ -1,0 +1,851 @@
+"""Tensor, the autograd graph, and the primitive operations.
+
+A `Tensor` wraps an array (NumPy or CuPy, see `backend`) and remembers the op that made it.
+Each op below is one function: the forward computes the output array, and a nested
+`backward(gy)` maps the output gradient `gy` to one gradient per input (or None). The engine
+(`Tensor.backward`) does the shared work once for every op: it walks the graph in reverse
+topological order without recursion, sums broadcast gradients back to each input's shape
+(`_sum_to`), casts them to the input's dtype, accumulates into leaf `.grad`, and frees the
+graph (saved arrays included) as it goes, so a training loop does not grow in memory.
+
+Conventions: `x`, `y` are input/output arrays, `gy`, `gx` their gradients; shapes in
+docstrings as `x: (N, C, H, W) -> y: (N, O, H, W)`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+
+_grad_enabled = True
+_detect_anomaly = False
+
+
+class no_grad:
+    """Context manager: ops build no graph inside it (evaluation, sampling)."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self.prev, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self.prev
+
+
+class detect_anomaly:
+    """Context manager: raise FloatingPointError at the first op whose forward makes a NaN.
+
+    Off by default because the check costs one pass over every output.
+    """
+
+    def __enter__(self):
+        global _detect_anomaly
+        self.prev, _detect_anomaly = _detect_anomaly, True
+
+    def __exit__(self, *exc):
+        global _detect_anomaly
+        _detect_anomaly = self.prev
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+def _to_float_array(data, dtype=None):
+    """Turn user data into a float array on the current device, or say why not."""
+    xp = backend.xp()
+    dtype = backend.default_dtype() if dtype is None else np.dtype(dtype)
+    if hasattr(data, "shape") and hasattr(data, "dtype"):  # an ndarray of either kind
+        backend.check_same_device(data, "Tensor(): ")
+        kind = data.dtype.kind
+        if kind not in "biuf":
+            raise TypeError(f"Tensor(): cannot make a float tensor from an array of dtype {data.dtype}")
+        # Integer/boolean data (pixels, one-hots) is converted, floats cast to the chosen dtype.
+        return data if data.dtype == dtype else data.astype(dtype)
+    try:
+        arr = np.asarray(data)
+    except Exception as e:
+        raise TypeError(f"Tensor(): cannot convert {type(data).__name__} to an array: {e}") from e
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"Tensor(): cannot make a float tensor from {type(data).__name__} of dtype {arr.dtype}")
+    return xp.asarray(arr, dtype=dtype)
+
+
+class Tensor:
+    """An array with an optional gradient.
+
+    `Tensor(data, requires_grad=False, dtype=None)`: `data` is an array of the current
+    device, a nested list or a number; it becomes the default float dtype (float32 unless
+    `backend.set_default_dtype('float64')`) unless `dtype` is given. Integer and boolean data
+    are converted; complex, strings and objects are refused.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op")
+    __array_ufunc__ = None  # make `ndarray + Tensor` call Tensor.__radd__, never NumPy
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        self.data = _to_float_array(data, dtype)
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._parents = ()
+        self._backward = None
+        self._op = "leaf"
+
+    # -------------------------------------------------------------- plain attributes
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, op={self._op}{grad})"
+
+    def numpy(self) -> np.ndarray:
+        """An explicit host copy of the data (a device-to-host copy on 'cuda')."""
+        return backend.to_numpy(self.data)
+
+    def item(self) -> float:
+        """The single value as a Python float (synchronises the GPU: keep out of inner loops)."""
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return float(self.data.reshape(()))
+
+    def detach(self) -> "Tensor":
+        t = Tensor.__new__(Tensor)
+        t.data, t.grad, t.requires_grad, t._parents, t._backward, t._op = self.data, None, False, (), None, "leaf"
+        return t
+
+    def zero_grad(self):
+        self.grad = None
+
+    # -------------------------------------------------------------- the engine
+    def backward(self, grad=None, retain_graph: bool = False):
+        """Backpropagate from this tensor; leaves with requires_grad accumulate `.grad`.
+
+        `grad` is the upstream gradient (same shape as this tensor); it may be omitted only
+        for a tensor of one element. The graph is freed afterwards unless `retain_graph`.
+        """
+        xp = backend.array_module(self.data)
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (no input had requires_grad=True)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() on a non-scalar tensor of shape {self.shape} needs an explicit "
+                    "gradient of the same shape (or reduce it to a scalar first, e.g. .sum())"
+                )
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else grad
+            backend.check_same_device(grad, "backward(): ")
+            grad = xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(): gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+
+        grads = {id(self): grad}
+        owned = set()  # ids whose gradient array we allocated, so += is safe
+        for node in reversed(_topological_order(self)):
+            gy = grads.pop(id(node), None)
+            if gy is None:
+                continue
+            if node._backward is None:  # a leaf
+                if not gy.flags.c_contiguous:  # broadcast views make slow, read-only grads
+                    gy = xp.ascontiguousarray(gy)
+                node.grad = gy if node.grad is None else node.grad + gy
+                continue
+            if node._backward is _freed:
+                raise RuntimeError(f"backward through the graph of '{node._op}' a second time; "
+                                   "pass retain_graph=True to the first backward()")
+            gxs = node._backward(gy)
+            for parent, gx in zip(node._parents, gxs):
+                if gx is None or not parent.requires_grad:
+                    continue
+                if gx.shape != parent.data.shape:
+                    gx = _sum_to(gx, parent.data.shape, node._op)
+                if gx.dtype != parent.data.dtype:
+                    gx = gx.astype(parent.data.dtype)
+                key = id(parent)
+                if key not in grads:
+                    grads[key] = gx
+                elif key in owned:
+                    grads[key] += gx
+                else:
+                    grads[key] = grads[key] + gx
+                    owned.add(key)
+            if not retain_graph:
+                node._parents, node._backward = (), _freed
+
+    # -------------------------------------------------------------- operators
+    def __add__(self, other): return add(self, other)
+    def __radd__(self, other): return add(other, self)
+    def __sub__(self, other): return sub(self, other)
+    def __rsub__(self, other): return sub(other, self)
+    def __mul__(self, other): return mul(self, other)
+    def __rmul__(self, other): return mul(other, self)
+    def __truediv__(self, other): return div(self, other)
+    def __rtruediv__(self, other): return div(other, self)
+    def __neg__(self): return neg(self)
+    def __pow__(self, p): return pow(self, p)
+    def __rpow__(self, base): return pow(base, self)
+    def __matmul__(self, other): return matmul(self, other)
+    def __rmatmul__(self, other): return matmul(other, self)
+    def __getitem__(self, index): return getitem(self, index)
+
+    def exp(self): return exp(self)
+    def log(self): return log(self)
+    def sqrt(self): return sqrt(self)
+    def tanh(self): return tanh(self)
+    def sigmoid(self): return sigmoid(self)
+    def relu(self): return relu(self)
+    def sum(self, axis=None, keepdims=False): return sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return max(self, axis, keepdims)
+    def reshape(self, *shape): return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+    def transpose(self, *axes): return transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    permute = transpose
+
+    @property
+    def T(self): return transpose(self, None)
+
+
+def _freed(gy):  # marker for a node whose graph backward() already freed
+    raise AssertionError("unreachable")
+
+
+def _topological_order(root: Tensor) -> list:
+    """Nodes that need gradients, each after all of its parents (iterative DFS, no recursion)."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, parents_done = stack.pop()
+        if parents_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for p in node._parents:
+            if p.requires_grad and id(p) not in visited:
+                stack.append((p, False))
+    return order
+
+
+def _sum_to(g, shape, op=""):
+    """Sum a broadcast gradient `g` back down to `shape` (the inverse of broadcasting)."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    if lead:
+        g = g.reshape(g.shape[lead:])
+    if g.shape != shape:
+        raise AssertionError(f"{op}: gradient of shape {g.shape} cannot be summed to {shape}")
+    return g
+
+
+def _make(y, parents, backward, op: str) -> Tensor:
+    """Wrap the output array `y` of op `op`, recording the graph when a parent needs grad."""
+    if _detect_anomaly and backend.array_module(y).isnan(y).any():
+        raise FloatingPointError(f"detect_anomaly: '{op}' produced NaN in its forward pass")
+    out = Tensor.__new__(Tensor)
+    out.data, out.grad, out._op = y, None, op
+    if _grad_enabled and any(p.requires_grad for p in parents):
+        out.requires_grad, out._parents, out._backward = True, parents, backward
+    else:
+        out.requires_grad, out._parents, out._backward = False, (), None
+    return out
+
+
+def as_tensor(x, like: Tensor | None = None) -> Tensor:
+    """`x` as a Tensor: Tensors pass through; numbers and arrays take `like`'s dtype."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (int, float)) and like is not None:
+        t = Tensor.__new__(Tensor)
+        t.data, t.grad, t.requires_grad, t._parents, t._backward, t._op = (
+            backend.array_module(like.data).asarray(x, dtype=like.dtype), None, False, (), None, "const")
+        return t
+    return Tensor(x, dtype=None if like is None else like.dtype)
+
+
+def _pair(a, b):
+    if isinstance(a, Tensor):
+        return a, as_tensor(b, a)
+    b = as_tensor(b)
+    return as_tensor(a, b), b
+
+
+def _broadcast_error(op, a, b):
+    return ValueError(f"{op}: shapes {a.shape} and {b.shape} cannot be broadcast together")
+
+
+# ============================================================================ elementwise
+def add(a, b) -> Tensor:
+    """y = a + b (broadcasting)."""
+    a, b = _pair(a, b)
+    try:
+        y = a.data + b.data
+    except ValueError:
+        raise _broadcast_error("add", a, b) from None
+    return _make(y, (a, b), lambda gy: (gy, gy), "add")
+
+
+def sub(a, b) -> Tensor:
+    """y = a - b (broadcasting)."""
+    a, b = _pair(a, b)
+    try:
+        y = a.data - b.data
+    except ValueError:
+        raise _broadcast_error("sub", a, b) from None
+    return _make(y, (a, b), lambda gy: (gy, -gy if b.requires_grad else None), "sub")
+
+
+def mul(a, b) -> Tensor:
+    """y = a * b (broadcasting)."""
+    a, b = _pair(a, b)
+    try:
+        y = a.data * b.data
+    except ValueError:
+        raise _broadcast_error("mul", a, b) from None
+
+    def backward(gy):
+        return (gy * b.data if a.requires_grad else None,
+                gy * a.data if b.requires_grad else None)
+    return _make(y, (a, b), backward, "mul")
+
+
+def div(a, b) -> Tensor:
+    """y = a / b (broadcasting).  d/da = 1/b, d/db = -a/b^2 = -y/b."""
+    a, b = _pair(a, b)
+    try:
+        y = a.data / b.data
+    except ValueError:
+        raise _broadcast_error("div", a, b) from None
+
+    def backward(gy):
+        ga = gy / b.data
+        return ga if a.requires_grad else None, (-ga * y if b.requires_grad else None)
+    return _make(y, (a, b), backward, "div")
+
+
+def neg(x) -> Tensor:
+    """y = -x."""
+    return _make(-x.data, (x,), lambda gy: (-gy,), "neg")
+
+
+def pow(x, p) -> Tensor:
+    """y = x ** p for a constant p (any x), or a Tensor p (x > 0).  d/dx = p x^(p-1)."""
+    if isinstance(p, (int, float)) and isinstance(x, Tensor):
+        y = x.data ** p
+        return _make(y, (x,), lambda gy: (gy * (p * x.data ** (p - 1)),), "pow")
+    x, p = _pair(x, p)
+    y = x.data ** p.data
+
+    def backward(gy):
+        xp = backend.array_module(y)
+        gx = gy * p.data * x.data ** (p.data - 1) if x.requires_grad else None
+        gp = gy * y * xp.log(x.data) if p.requires_grad else None
+        return gx, gp
+    return _make(y, (x, p), backward, "pow")
+
+
+def exp(x) -> Tensor:
+    """y = e^x.  dy/dx = y."""
+    y = backend.array_module(x.data).exp(x.data)
+    return _make(y, (x,), lambda gy: (gy * y,), "exp")
+
+
+def log(x) -> Tensor:
+    """y = ln x (x > 0).  dy/dx = 1/x."""
+    y = backend.array_module(x.data).log(x.data)
+    return _make(y, (x,), lambda gy: (gy / x.data,), "log")
+
+
+def sqrt(x) -> Tensor:
+    """y = sqrt(x) (x > 0).  dy/dx = 1 / (2 y)."""
+    y = backend.array_module(x.data).sqrt(x.data)
+    return _make(y, (x,), lambda gy: (gy / (2.0 * y),), "sqrt")
+
+
+def tanh(x) -> Tensor:
+    """y = tanh x.  dy/dx = 1 - y^2."""
+    y = backend.array_module(x.data).tanh(x.data)
+    return _make(y, (x,), lambda gy: (gy * (1.0 - y * y),), "tanh")
+
+
+def _sigmoid(xp, x):
+    # 1/(1+e^-x) overflows e^-x for x << 0; the tanh form never does.
+    return 0.5 * (xp.tanh(0.5 * x) + 1.0)
+
+
+def sigmoid(x) -> Tensor:
+    """y = 1 / (1 + e^-x), stable for any x.  dy/dx = y (1 - y)."""
+    y = _sigmoid(backend.array_module(x.data), x.data)
+    return _make(y, (x,), lambda gy: (gy * y * (1.0 - y),), "sigmoid")
+
+
+def relu(x) -> Tensor:
+    """y = max(x, 0).  The subgradient at 0 is 0."""
+    y = backend.array_module(x.data).maximum(x.data, 0)
+    return _make(y, (x,), lambda gy: (gy * (x.data > 0),), "relu")
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x) -> Tensor:
+    """GELU, tanh approximation: y = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi)."""
+    xp = backend.array_module(x.data)
+    u = _GELU_C * (x.data + 0.044715 * x.data ** 3)
+    t = xp.tanh(u)
+    y = 0.5 * x.data * (1.0 + t)
+
+    def backward(gy):
+        du = _GELU_C * (1.0 + 3 * 0.044715 * x.data ** 2)
+        return (gy * (0.5 * (1.0 + t) + 0.5 * x.data * (1.0 - t * t) * du),)
+    return _make(y, (x,), backward, "gelu")
+
+
+def _softplus(xp, x):
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow at |x| = 1e4, no lost precision.
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def softplus(x) -> Tensor:
+    """y = log(1 + e^x), stable.  dy/dx = sigmoid(x)."""
+    xp = backend.array_module(x.data)
+    y = _softplus(xp, x.data)
+    return _make(y, (x,), lambda gy: (gy * _sigmoid(xp, x.data),), "softplus")
+
+
+def log_sigmoid(x) -> Tensor:
+    """y = log sigmoid(x) = -softplus(-x), stable.  dy/dx = sigmoid(-x)."""
+    xp = backend.array_module(x.data)
+    y = -_softplus(xp, -x.data)
+    return _make(y, (x,), lambda gy: (gy * _sigmoid(xp, -x.data),), "log_sigmoid")
+
+
+def bernoulli_log_prob(logits, x) -> Tensor:
+    """Fused log Ber(x; sigmoid(l)) = x l - softplus(l), elementwise (= -BCE-with-logits).
+
+    `x` is a constant array of 0/1 (no gradient). d/dl = x - sigmoid(l).
+    """
+    xp = backend.array_module(logits.data)
+    xd = x.data if isinstance(x, Tensor) else x
+    try:
+        y = xd * logits.data - _softplus(xp, logits.data)
+    except ValueError:
+        raise _broadcast_error("bernoulli_log_prob", logits, xd) from None
+    return _make(y, (logits,), lambda gy: (gy * (xd - _sigmoid(xp, logits.data)),), "bernoulli_log_prob")
+
+
+def where(cond, a, b) -> Tensor:
+    """y = a where cond else b (cond: a boolean array, no gradient)."""
+    a, b = _pair(a, b)
+    cond = cond.data if isinstance(cond, Tensor) else cond
+    backend.check_same_device(cond, "where(): ")
+    xp = backend.array_module(a.data)
+    cond = cond.astype(bool) if cond.dtype != bool else cond
+    try:
+        y = xp.where(cond, a.data, b.data)
+    except ValueError:
+        raise ValueError(f"where: shapes {cond.shape}, {a.shape} and {b.shape} cannot be broadcast together") from None
+
+    def backward(gy):
+        zero = xp.zeros((), gy.dtype)
+        return (xp.where(cond, gy, zero) if a.requires_grad else None,
+                xp.where(cond, zero, gy) if b.requires_grad else None)
+    return _make(y, (a, b), backward, "where")
+
+
+# ============================================================================ reductions
+def _axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for a tensor of {ndim} dimensions")
+    return tuple(a % ndim for a in axes)
+
+
+def _expand(gy, x_shape, axes, keepdims):
+    """Reshape a reduced gradient so it broadcasts against the input again."""
+    if not keepdims:
+        shape = list(x_shape)
+        for a in axes:
+            shape[a] = 1
+        gy = gy.reshape(shape)
+    return gy
+
+
+def sum(x, axis=None, keepdims=False) -> Tensor:
+    """y = sum of x over `axis` (int, tuple or None = all)."""
+    axes = _axes(axis, x.ndim)
+    xp = backend.array_module(x.data)
+    y = x.data.sum(axis=axes, keepdims=keepdims)
+    return _make(y, (x,), lambda gy: (xp.broadcast_to(_expand(gy, x.shape, axes, keepdims), x.shape),), "sum")
+
+
+def mean(x, axis=None, keepdims=False) -> Tensor:
+    """y = mean of x over `axis`."""
+    axes = _axes(axis, x.ndim)
+    n = 1
+    for a in axes:
+        n *= x.shape[a]
+    return sum(x, axes, keepdims) * (1.0 / n)
+
+
+def max(x, axis=None, keepdims=False) -> Tensor:
+    """y = max of x over `axis`. At ties the gradient is shared equally among the maxima."""
+    axes = _axes(axis, x.ndim)
+    yk = x.data.max(axis=axes, keepdims=True)
+    y = yk if keepdims else yk.reshape([n for i, n in enumerate(x.shape) if i not in axes])
+
+    def backward(gy):
+        hit = x.data == yk
+        return (hit * (_expand(gy, x.shape, axes, keepdims) / hit.sum(axis=axes, keepdims=True)),)
+    return _make(y, (x,), backward, "max")
+
+
+def logsumexp(x, axis=-1, keepdims=False) -> Tensor:
+    """y = log sum_i exp(x_i) over `axis`, stable (shifted by the max; -inf rows give -inf)."""
+    xp = backend.array_module(x.data)
+    axes = _axes(axis, x.ndim)
+    m = x.data.max(axis=axes, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)  # all -inf (or inf) along the axis: no shift
+    yk = m + xp.log(xp.exp(x.data - m).sum(axis=axes, keepdims=True))
+    y = yk if keepdims else yk.reshape([n for i, n in enumerate(x.shape) if i not in axes])
+    return _make(y, (x,), lambda gy: (_expand(gy, x.shape, axes, keepdims) * xp.exp(x.data - yk),), "logsumexp")
+
+
+def log_softmax(x, axis=-1) -> Tensor:
+    """y = x - logsumexp(x, axis), stable.  gx = gy - softmax(x) * sum(gy, axis)."""
+    xp = backend.array_module(x.data)
+    m = x.data.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    shifted = x.data - m
+    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return _make(y, (x,), lambda gy: (gy - xp.exp(y) * gy.sum(axis=axis, keepdims=True),), "log_softmax")
+
+
+def softmax(x, axis=-1) -> Tensor:
+    """y = exp(x) / sum exp(x) over `axis`, stable.  gx = y * (gy - sum(gy * y, axis))."""
+    xp = backend.array_module(x.data)
+    m = x.data.max(axis=axis, keepdims=True)
+    e = xp.exp(x.data - xp.where(xp.isfinite(m), m, 0))
+    y = e / e.sum(axis=axis, keepdims=True)
+    return _make(y, (x,), lambda gy: (y * (gy - (gy * y).sum(axis=axis, keepdims=True)),), "softmax")
+
+
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the last axis: y = (x - mean) / sqrt(var + eps) * weight + bias.
+
+    x: (..., D), weight, bias: (D,). Fused: one node instead of a dozen.
+    """
+    xp = backend.array_module(x.data)
+    mu = x.data.mean(axis=-1, keepdims=True)
+    xc = x.data - mu
+    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    y = xhat if weight is None else xhat * weight.data
+    if bias is not None:
+        y = y + bias.data
+    parents = tuple(t for t in (x, weight, bias) if t is not None)
+
+    def backward(gy):
+        lead = tuple(range(gy.ndim - 1))
+        g = gy if weight is None else gy * weight.data
+        gx = None
+        if x.requires_grad:
+            gx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+        out = [gx]
+        if weight is not None:
+            out.append((gy * xhat).sum(axis=lead) if weight.requires_grad else None)
+        if bias is not None:
+            out.append(gy.sum(axis=lead) if bias.requires_grad else None)
+        return out
+    return _make(y, parents, backward, "layer_norm")
+
+
+# ============================================================================ linear algebra
+def matmul(a, b) -> Tensor:
+    """y = a @ b with NumPy semantics: batched and broadcasting over leading axes.
+
+    a: (..., N, K), b: (..., K, M) -> y: (..., N, M); a 1-D operand is a vector.
+    """
+    a, b = _pair(a, b)
+    if a.ndim == 1:
+        return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + b.shape[-1:])
+    if b.ndim == 1:
+        return reshape(matmul(a, reshape(b, (-1, 1))), a.shape[:-1])
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match (inner sizes {a.shape[-1]} and {b.shape[-2]})")
+    try:
+        y = a.data @ b.data
+    except ValueError:
+        raise _broadcast_error("matmul", a, b) from None
+
+    def backward(gy):
+        ga = gb = None
+        if a.requires_grad:
+            ga = gy @ b.data.swapaxes(-1, -2)
+        if b.requires_grad:
+            if b.ndim == 2 and a.ndim > 2:
+                # Weights shared over a batch: one big product instead of a stack to sum.
+                gb = a.data.reshape(-1, a.shape[-1]).T @ gy.reshape(-1, gy.shape[-1])
+            else:
+                gb = a.data.swapaxes(-1, -2) @ gy
+        return ga, gb
+    return _make(y, (a, b), backward, "matmul")
+
+
+# ============================================================================ shape
+def reshape(x, shape) -> Tensor:
+    """y = x viewed with a new shape (same number of elements)."""
+    try:
+        y = x.data.reshape(shape)
+    except ValueError:
+        raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} to {tuple(shape)}") from None
+    return _make(y, (x,), lambda gy: (gy.reshape(x.shape),), "reshape")
+
+
+def transpose(x, axes=None) -> Tensor:
+    """y = x with its axes permuted (reversed when `axes` is None)."""
+    axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(a % x.ndim for a in axes)
+    if sorted(axes) != list(range(x.ndim)):
+        raise ValueError(f"transpose: {axes} is not a permutation of the {x.ndim} axes of a tensor of shape {x.shape}")
+    inverse = tuple(np.argsort(axes))
+    return _make(x.data.transpose(axes), (x,), lambda gy: (gy.transpose(inverse),), "transpose")
+
+
+permute = transpose
+
+
+def _is_basic_index(index) -> bool:
+    """True when indexing makes a view (ints, slices, None, ...): no repeated elements."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)
+
+
+def getitem(x, index) -> Tensor:
+    """y = x[index]: slicing, or integer-array indexing (backward scatter-adds repeats)."""
+    if isinstance(index, Tensor):
+        raise TypeError("index a Tensor with an integer array, not a float Tensor")
+    items = index if isinstance(index, tuple) else (index,)
+    for i in items:
+        if hasattr(i, "dtype"):
+            backend.check_same_device(i, "indexing: ")
+    try:
+        y = x.data[index]
+    except IndexError as e:
+        raise IndexError(f"index out of range for a tensor of shape {x.shape}: {e}") from None
+    basic = _is_basic_index(index)
+
+    def backward(gy):
+        xp = backend.array_module(gy)
+        gx = xp.zeros(x.shape, gy.dtype)
+        if basic:
+            gx[index] = gy
+        else:
+            backend.scatter_add(gx, index, gy)
+        return (gx,)
+    return _make(y, (x,), backward, "getitem")
+
+
+def gather(x, index, axis=-1) -> Tensor:
+    """y = take_along_axis(x, index, axis): pick entries along `axis` (e.g. a class's logit).
+
+    x: (..., K, ...), index: int array broadcastable with x except along `axis`.
+    """
+    xp = backend.array_module(x.data)
+    backend.check_same_device(index, "gather(): ")
+    k = x.shape[axis]
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= k):
+        raise IndexError(f"gather: index values must lie in [0, {k}), got range [{int(index.min())}, {int(index.max())}]")
+    y = xp.take_along_axis(x.data, index, axis=axis)
+
+    def backward(gy):
+        gx = xp.zeros(x.shape, gy.dtype)
+        if index.shape[axis] == 1:  # one pick per row: no repeats, a plain put is exact
+            xp.put_along_axis(gx, index, gy, axis=axis)
+        else:
+            grid = list(xp.indices(index.shape, sparse=True))
+            grid[axis % x.ndim] = index
+            backend.scatter_add(gx, tuple(grid), gy)
+        return (gx,)
+    return _make(y, (x,), backward, "gather")
+
+
+def concatenate(tensors, axis=0) -> Tensor:
+    """y = the tensors joined along an existing axis."""
+    tensors = [as_tensor(t) for t in tensors]
+    xp = backend.array_module(tensors[0].data)
+    try:
+        y = xp.concatenate([t.data for t in tensors], axis=axis)
+    except ValueError:
+        raise ValueError(f"concatenate: shapes {[t.shape for t in tensors]} do not match off axis {axis}") from None
+    ends = np.cumsum([t.shape[axis] for t in tensors])
+
+    def backward(gy):
+        return xp.split(gy, ends[:-1], axis=axis)
+    return _make(y, tuple(tensors), backward, "concatenate")
+
+
+cat = concatenate
+
+
+def stack(tensors, axis=0) -> Tensor:
+    """y = the tensors (all of one shape) stacked along a new axis."""
+    tensors = [as_tensor(t) for t in tensors]
+    shapes = {t.shape for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"stack: all tensors need the same shape, got {[t.shape for t in tensors]}")
+    xp = backend.array_module(tensors[0].data)
+    y = xp.stack([t.data for t in tensors], axis=axis)
+
+    def backward(gy):
+        return [xp.take(gy, i, axis=axis) for i in range(len(tensors))]
+    return _make(y, tuple(tensors), backward, "stack")
+
+
+def split(x, sections, axis=0) -> list:
+    """Split x along `axis` into `sections` equal parts (an int) or at the given indices."""
+    n = x.shape[axis]
+    if isinstance(sections, int):
+        if n % sections:
+            raise ValueError(f"split: axis {axis} of size {n} does not divide into {sections} equal parts")
+        bounds = list(range(0, n + 1, n // sections))
+    else:
+        bounds = [0, *sections, n]
+    lead = (slice(None),) * (axis % x.ndim)
+    return [getitem(x, lead + (slice(lo, hi),)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def embedding(weight, ids) -> Tensor:
+    """y = weight[ids]: look up rows. weight: (V, D), ids: int array (...) -> y: (..., D)."""
+    xp = backend.array_module(weight.data)
+    ids = ids.data if isinstance(ids, Tensor) else ids
+    backend.check_same_device(ids, "embedding(): ")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+    v = weight.shape[0]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= v):
+        raise IndexError(f"embedding: ids must lie in [0, {v}), got range [{int(ids.min())}, {int(ids.max())}]")
+    y = weight.data[ids]
+
+    def backward(gy):
+        gw = xp.zeros(weight.shape, gy.dtype)
+        backend.scatter_add(gw, ids.reshape(-1), gy.reshape(-1, weight.shape[1]))
+        return (gw,)
+    return _make(y, (weight,), backward, "embedding")
+
+
+# ============================================================================ convolution
+def _pad_pairs(padding, n):
+    """padding as an int, n ints, or n (before, after) pairs -> n pairs."""
+    if isinstance(padding, int):
+        return [(padding, padding)] * n
+    return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+
+
+def conv2d(x, weight, bias=None, padding=0) -> Tensor:
+    """2-D cross-correlation, stride 1.
+
+    x: (N, C, H, W), weight: (O, C, kh, kw), bias: (O,), padding: int, (ph, pw) or
+    ((top, bottom), (left, right)) -> y: (N, O, H', W'), H' = H + top + bottom - kh + 1.
+
+    Strided windows of the padded input become columns (N, C*kh*kw, H'*W'), and one matrix
+    product with the flattened weight (O, C*kh*kw) gives every output pixel at once.
+    """
+    xp = backend.array_module(x.data)
+    if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv2d: expected x (N, C, H, W) and weight (O, C, kh, kw), got {x.shape} and {weight.shape}")
+    (pt, pb), (pl, pr) = _pad_pairs(padding, 2)
+    N, C, H, W = x.shape
+    O, _, kh, kw = weight.shape
+    Ho, Wo = H + pt + pb - kh + 1, W + pl + pr - kw + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input {H + pt + pb}x{W + pl + pr}")
+    xpad = xp.pad(x.data, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if pt or pb or pl or pr else xp.ascontiguousarray(x.data)
+    sN, sC, sH, sW = xpad.strides
+    windows = backend.as_strided(xpad, (N, C, kh, kw, Ho, Wo), (sN, sC, sH, sW, sH, sW))
+    cols = windows.reshape(N, C * kh * kw, Ho * Wo)
+    w2 = weight.data.reshape(O, C * kh * kw)
+    y = w2 @ cols
+    if bias is not None:
+        y += bias.data[:, None]
+    y = y.reshape(N, O, Ho, Wo)
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def backward(gy):
+        g3 = gy.reshape(N, O, Ho * Wo)
+        gx = gw = gb = None
+        if weight.requires_grad:
+            gw = (g3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
+        if bias is not None and bias.requires_grad:
+            gb = g3.sum(axis=(0, 2))
+        if x.requires_grad:
+            gcols = (w2.T @ g3).reshape(N, C, kh, kw, Ho, Wo)
+            gpad = xp.zeros(xpad.shape, gy.dtype)
+            for i in range(kh):  # a loop over kernel offsets, never over pixels
+                for j in range(kw):
+                    gpad[:, :, i:i + Ho, j:j + Wo] += gcols[:, :, i, j]
+            gx = gpad[:, :, pt:pt + H, pl:pl + W]
+        return gx, gw, gb
+    return _make(y, parents, backward, "conv2d")
+
+
+def conv1d(x, weight, bias=None, padding=0, dilation: int = 1) -> Tensor:
+    """1-D cross-correlation with dilation, stride 1.
+
+    x: (N, C, T), weight: (O, C, k), bias: (O,), padding: int or (left, right)
+    -> y: (N, O, T'), T' = T + left + right - dilation (k - 1).
+    y[n, o, t] = sum_{c, j} weight[o, c, j] x_pad[n, c, t + dilation j]; a causal
+    convolution is padding=(dilation (k - 1), 0).
+    """
+    xp = backend.array_module(x.data)
+    if x.ndim != 3 or weight.ndim != 3 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv1d: expected x (N, C, T) and weight (O, C, k), got {x.shape} and {weight.shape}")
+    if dilation < 1:
+        raise ValueError(f"conv1d: dilation must be >= 1, got {dilation}")
+    ((left, right),) = _pad_pairs(padding, 1) if isinstance(padding, int) else [tuple(padding)]
+    N, C, T = x.shape
+    O, _, k = weight.shape
+    To = T + left + right - dilation * (k - 1)
+    if To < 1:
+        raise ValueError(f"conv1d: kernel span {dilation * (k - 1) + 1} is longer than the padded input {T + left + right}")
+    xpad = xp.pad(x.data, ((0, 0), (0, 0), (left, right))) if left or right else xp.ascontiguousarray(x.data)
+    sN, sC, sT = xpad.strides
+    windows = backend.as_strided(xpad, (N, C, k, To), (sN, sC, dilation * sT, sT))
+    cols = windows.reshape(N, C * k, To)
+    w2 = weight.data.reshape(O, C * k)
+    y = w2 @ cols
+    if bias is not None:
+        y += bias.data[:, None]
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def backward(gy):
+        gx = gw = gb = None
+        if weight.requires_grad:
+            gw = (gy @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
+        if bias is not None and bias.requires_grad:
+            gb = gy.sum(axis=(0, 2))
+        if x.requires_grad:
+            gcols = (w2.T @ gy).reshape(N, C, k, To)
+            gpad = xp.zeros(xpad.shape, gy.dtype)
+            for j in range(k):  # a loop over kernel taps, never over time
+                gpad[:, :, j * dilation:j * dilation + To] += gcols[:, :, j]
+            gx = gpad[:, :, left:left + T]
+        return gx, gw, gb
+    return _make(y, parents, backward, "conv1d")
