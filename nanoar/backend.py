@@ -22,6 +22,7 @@ _state = {
     "xp": np,
     "dtype": np.dtype(np.float32),
     "rng": np.random.default_rng(0),
+    "host_rng": np.random.default_rng(0),
 }
 
 
@@ -133,8 +134,15 @@ class default_dtype_as:
 
 # ----------------------------------------------------------------------------- random
 def manual_seed(seed: int) -> None:
-    """Seed the backend's generator (on the current device)."""
+    """Seed the backend's generators: the device one and the host one used for init."""
     _state["rng"] = _state["xp"].random.default_rng(seed)
+    _state["host_rng"] = np.random.default_rng(seed)
+
+
+def host_rng() -> np.random.Generator:
+    """The host generator that initialises parameters, so a seed gives the same weights on
+    every device (they are drawn on the host and copied once, explicitly)."""
+    return _state["host_rng"]
 
 
 def rng():

@@ -1,0 +1,99 @@
+"""Heads: the distribution of one variable given the network's output.
+
+Exactness lives here, so only stable formulas are used: log-sigmoid for Bernoulli,
+log-softmax for Categorical. `log_prob` returns an elementwise Tensor (the model sums it
+over variables); `sample` returns an array drawn with the given generator.
+"""
+from __future__ import annotations
+
+import math
+
+from . import backend
+from .tensor import Tensor, bernoulli_log_prob, gather, log_softmax, sigmoid, softmax
+
+
+class Bernoulli:
+    """p(x = 1) = sigmoid(logits).  logits: (...) ; x in {0, 1}: (...)."""
+
+    def __init__(self, logits: Tensor):
+        self.logits = logits
+
+    @property
+    def probs(self):
+        return sigmoid(self.logits).data
+
+    def log_prob(self, x) -> Tensor:
+        """log p(x) = x l - softplus(l), exact at |l| = 1e4."""
+        return bernoulli_log_prob(self.logits, getattr(x, "data", x))
+
+    def sample(self, rng=None):
+        """0/1 array in the logits' dtype: u < sigmoid(l) with u ~ U[0, 1)."""
+        rng = backend.make_rng() if rng is None else rng
+        p = self.probs
+        return (rng.random(p.shape, dtype=p.dtype) < p).astype(p.dtype)
+
+
+class Categorical:
+    """p(x = k) = softmax(logits)_k along `axis`.  logits: (..., K, ...) ; x: int (...)."""
+
+    def __init__(self, logits: Tensor, axis: int = -1):
+        self.logits, self.axis = logits, axis
+
+    @property
+    def probs(self):
+        return softmax(self.logits, self.axis).data
+
+    def log_prob(self, x) -> Tensor:
+        """log p(x) = log_softmax(logits)[x], the class picked along `axis`."""
+        x = getattr(x, "data", x)
+        xp = backend.array_module(self.logits.data)
+        idx = xp.expand_dims(x, self.axis)
+        lp = gather(log_softmax(self.logits, self.axis), idx, self.axis)
+        return lp.reshape(x.shape)
+
+    def sample(self, rng=None, temperature: float = 1.0, top_k: int = 0):
+        """int64 class ids (...): inverse-CDF draws from softmax(logits / T), optionally
+        restricted to the k most likely classes (top_k=0: all)."""
+        rng = backend.make_rng() if rng is None else rng
+        return sample_categorical(self.logits.data, rng, temperature, top_k, self.axis)
+
+
+def sample_categorical(logits, rng, temperature: float = 1.0, top_k: int = 0, axis: int = -1):
+    """Draw class ids from softmax(logits / temperature) along `axis` (array in, array out)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    xp = backend.array_module(logits)
+    z = xp.moveaxis(logits, axis, -1) / temperature
+    k = z.shape[-1]
+    if top_k and top_k < k:
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        kth = xp.sort(z, axis=-1)[..., -top_k][..., None]
+        z = xp.where(z < kth, -xp.inf, z)
+    z = z - z.max(axis=-1, keepdims=True)
+    p = xp.exp(z)
+    cdf = xp.cumsum(p, axis=-1)
+    u = rng.random(z.shape[:-1] + (1,), dtype=cdf.dtype) * cdf[..., -1:]
+    # the first class whose cumulative mass exceeds u; min() guards the last-class rounding
+    ids = (cdf <= u).sum(axis=-1)
+    return xp.minimum(ids, k - 1).astype(xp.int64)
+
+
+class Gaussian:
+    """Diagonal normal N(mean, exp(log_std)^2), elementwise.  mean, log_std: (...)."""
+
+    _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+    def __init__(self, mean: Tensor, log_std: Tensor):
+        self.mean, self.log_std = mean, log_std
+
+    def log_prob(self, x) -> Tensor:
+        """log N(x; mu, sigma^2) = -(x - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2."""
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        z = (x - self.mean) * (-self.log_std).exp()
+        return z * z * -0.5 - self.log_std - self._HALF_LOG_2PI
+
+    def sample(self, rng=None):
+        rng = backend.make_rng() if rng is None else rng
+        mu, s = self.mean.data, self.log_std.data
+        return mu + backend.array_module(mu).exp(s) * rng.standard_normal(mu.shape, dtype=mu.dtype)
