@@ -25,17 +25,16 @@ def numeric_grad(f, inputs, gy, eps=1e-6):
             grads.append(None)
             continue
         g = np.zeros(t.shape, np.float64)
-        flat = t.data.reshape(-1)  # a view: perturb in place, restore after
-        for i in range(flat.size):
-            old = flat[i].item()
-            flat[i] = old + eps
+        for i in np.ndindex(*t.shape):  # perturb in place by index (any memory layout), restore after
+            old = t.data[i].item()
+            t.data[i] = old + eps
             with no_grad():
                 fp = float((backend.to_numpy(f(*inputs).data) * gy).sum())
-            flat[i] = old - eps
+            t.data[i] = old - eps
             with no_grad():
                 fm = float((backend.to_numpy(f(*inputs).data) * gy).sum())
-            flat[i] = old
-            g.reshape(-1)[i] = (fp - fm) / (2 * eps)
+            t.data[i] = old
+            g[i] = (fp - fm) / (2 * eps)
         grads.append(g)
     return grads
 

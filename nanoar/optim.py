@@ -76,7 +76,8 @@ class Adam(Optimizer):
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
     p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr wd p.
-    All updates are in place on preallocated buffers: no allocation per step.
+    Weight decay, as in GPT-2 and nanoGPT, applies to matrices (ndim >= 2) only, never to
+    biases or LayerNorm gains. All updates are in place on preallocated buffers.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
@@ -101,7 +102,7 @@ class Adam(Optimizer):
             g = p.grad
             if g is None:
                 continue
-            if self.weight_decay:
+            if self.weight_decay and p.data.ndim >= 2:
                 p.data *= 1.0 - self.lr * self.weight_decay
             m *= self.b1
             xp.multiply(g, 1.0 - self.b1, out=tmp)

@@ -58,7 +58,7 @@ def _to_float_array(data, dtype=None):
     """Turn user data into a float array on the current device, or say why not."""
     xp = backend.xp()
     dtype = backend.default_dtype() if dtype is None else np.dtype(dtype)
-    if hasattr(data, "shape") and hasattr(data, "dtype"):  # an ndarray of either kind
+    if hasattr(data, "shape") and hasattr(data, "dtype") and not isinstance(data, np.generic):  # an ndarray of either kind
         backend.check_same_device(data, "Tensor(): ")
         kind = data.dtype.kind
         if kind not in "biuf":
@@ -158,8 +158,10 @@ class Tensor:
             if gy is None:
                 continue
             if node._backward is None:  # a leaf
-                if not gy.flags.c_contiguous:  # broadcast views make slow, read-only grads
-                    gy = xp.ascontiguousarray(gy)
+                if id(node) not in owned or not gy.flags.c_contiguous:
+                    # Own it: never alias the caller's gradient, another leaf's .grad, or a
+                    # (read-only, slow) broadcast view, so in-place updates of .grad are safe.
+                    gy = xp.array(gy, order="C")
                 node.grad = gy if node.grad is None else node.grad + gy
                 continue
             if node._backward is _freed:
@@ -345,6 +347,8 @@ def neg(x) -> Tensor:
 
 def pow(x, p) -> Tensor:
     """y = x ** p for a constant p (any x), or a Tensor p (x > 0).  d/dx = p x^(p-1)."""
+    if isinstance(p, (np.integer, np.floating)):
+        p = p.item()  # a NumPy scalar exponent would promote float32 to float64
     if isinstance(p, (int, float)) and isinstance(x, Tensor):
         y = x.data ** p
         return _make(y, (x,), lambda gy: (gy * (p * x.data ** (p - 1)),), "pow")
@@ -384,8 +388,11 @@ def tanh(x) -> Tensor:
 
 
 def _sigmoid(xp, x):
-    # 1/(1+e^-x) overflows e^-x for x << 0; the tanh form never does.
-    return 0.5 * (xp.tanh(0.5 * x) + 1.0)
+    # 1/(1+e^-x) overflows e^-x for x << 0, and the tanh form 0.5 (tanh(x/2) + 1) cancels to 0
+    # there (float32 sigmoid(-20) == 0); e = e^-|x| <= 1 does neither: 1/(1+e) or e/(1+e).
+    e = xp.exp(-xp.abs(x))
+    r = 1.0 / (1.0 + e)
+    return xp.where(x >= 0, r, e * r)
 
 
 def sigmoid(x) -> Tensor:
@@ -404,15 +411,36 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def gelu(x) -> Tensor:
-    """GELU, tanh approximation: y = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi)."""
+    """GELU, tanh approximation: y = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi).
+
+    dy/dx = (1 + t)/2 + x (1 - t^2) c (1 + 3 * 0.044715 x^2) / 2, t = tanh(...).
+    In place on two buffers: on a transformer's widest activation, temporaries cost more
+    than the arithmetic (and x * x, not x ** 3: an int power is a slow per-element pow()).
+    """
     xp = backend.array_module(x.data)
-    u = _GELU_C * (x.data + 0.044715 * x.data ** 3)
-    t = xp.tanh(u)
-    y = 0.5 * x.data * (1.0 + t)
+    xd = x.data
+    t = xp.multiply(xd, xd, out=xp.empty_like(xd))  # out=: a 0-d array stays an array
+    t *= 0.044715
+    t += 1.0
+    t *= xd
+    t *= _GELU_C
+    xp.tanh(t, out=t)
+    y = xp.add(t, 1.0, out=xp.empty_like(xd))
+    y *= xd
+    y *= 0.5
 
     def backward(gy):
-        du = _GELU_C * (1.0 + 3 * 0.044715 * x.data ** 2)
-        return (gy * (0.5 * (1.0 + t) + 0.5 * x.data * (1.0 - t * t) * du),)
+        g = xp.multiply(xd, xd, out=xp.empty_like(xd))
+        g *= 3 * 0.044715
+        g += 1.0
+        g *= _GELU_C
+        g *= xd
+        g *= 1.0 - t * t
+        g += t
+        g += 1.0
+        g *= 0.5
+        g *= gy
+        return (g,)
     return _make(y, (x,), backward, "gelu")
 
 
@@ -441,7 +469,9 @@ def bernoulli_log_prob(logits, x) -> Tensor:
     `x` is a constant array of 0/1 (no gradient). d/dl = x - sigmoid(l).
     """
     xp = backend.array_module(logits.data)
-    xd = x.data if isinstance(x, Tensor) else x
+    xd = as_tensor(x, logits).data  # 0/1 targets of any dtype; NumPy arrays on 'cuda' raise
+    if xd.dtype != logits.dtype:
+        xd = xd.astype(logits.dtype)  # float64 targets must not make a float32 loss float64
     try:
         y = xd * logits.data - _softplus(xp, logits.data)
     except ValueError:
@@ -518,6 +548,18 @@ def max(x, axis=None, keepdims=False) -> Tensor:
     return _make(y, (x,), backward, "max")
 
 
+def cumsum(x, axis=-1) -> Tensor:
+    """y_i = sum_{j <= i} x_j along `axis` (a running sum, e.g. NADE's hidden pre-activations).
+
+    Each x_j feeds every y_i with i >= j, so gx_j = sum_{i >= j} gy_i: a cumsum of gy taken
+    from the far end (flip, cumsum, flip back).
+    """
+    xp = backend.array_module(x.data)
+    axis = _axes(axis, x.ndim)[0]
+    y = xp.cumsum(x.data, axis=axis)
+    return _make(y, (x,), lambda gy: (xp.flip(xp.cumsum(xp.flip(gy, axis), axis=axis), axis),), "cumsum")
+
+
 def logsumexp(x, axis=-1, keepdims=False) -> Tensor:
     """y = log sum_i exp(x_i) over `axis`, stable (shifted by the max; -inf rows give -inf)."""
     xp = backend.array_module(x.data)
@@ -585,12 +627,15 @@ def matmul(a, b) -> Tensor:
     a: (..., N, K), b: (..., K, M) -> y: (..., N, M); a 1-D operand is a vector.
     """
     a, b = _pair(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape}: operands must have at least one dimension")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match "
+                         f"(inner sizes {a.shape[-1]} and {b.shape[-2 if b.ndim > 1 else 0]})")
     if a.ndim == 1:
-        return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + b.shape[-1:])
+        return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + b.shape[-1:] if b.ndim > 1 else ())
     if b.ndim == 1:
         return reshape(matmul(a, reshape(b, (-1, 1))), a.shape[:-1])
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match (inner sizes {a.shape[-1]} and {b.shape[-2]})")
     try:
         y = a.data @ b.data
     except ValueError:
@@ -676,12 +721,16 @@ def gather(x, index, axis=-1) -> Tensor:
     y = xp.take_along_axis(x.data, index, axis=axis)
 
     def backward(gy):
-        gx = xp.zeros(x.shape, gy.dtype)
+        # Off `axis`, x and index broadcast to gy's shape: scatter into x broadcast that far
+        # (the engine sums the broadcast axes back to x's shape).
+        ax = axis % x.ndim
+        gx = xp.zeros(gy.shape[:ax] + (k,) + gy.shape[ax + 1:], gy.dtype)
+        idx = xp.broadcast_to(index, gy.shape)
         if index.shape[axis] == 1:  # one pick per row: no repeats, a plain put is exact
-            xp.put_along_axis(gx, index, gy, axis=axis)
+            xp.put_along_axis(gx, idx, gy, axis=axis)
         else:
-            grid = list(xp.indices(index.shape, sparse=True))
-            grid[axis % x.ndim] = index
+            grid = list(xp.indices(gy.shape, sparse=True))
+            grid[ax] = idx
             backend.scatter_add(gx, tuple(grid), gy)
         return (gx,)
     return _make(y, (x,), backward, "gather")

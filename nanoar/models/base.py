@@ -33,6 +33,10 @@ class AutoregressiveModel(Module):
     event_shape: tuple = ()
     kind: str = "binary"
     n_classes: int = 2
+    # Sequence models (WaveNet, char LSTM/transformer) score any length: with this flag
+    # `check_data` accepts (N, T) for every T >= 1, and `event_shape` is only the default
+    # length (of `sample` and of the enumerating tests).
+    variable_length: bool = False
 
     @property
     def ordering(self) -> np.ndarray:
@@ -55,7 +59,10 @@ class AutoregressiveModel(Module):
             a = backend.to_device(a) if backend.get_device() != "cpu" else a
         backend.check_same_device(a, f"{type(self).__name__}: ")
         name = type(self).__name__
-        if a.ndim != 1 + len(self.event_shape) or tuple(a.shape[1:]) != tuple(self.event_shape):
+        if self.variable_length:
+            if a.ndim != 2 or a.shape[1] < 1:
+                raise ValueError(f"{name}: expected sequences of shape (N, T) with T >= 1, got {tuple(a.shape)}")
+        elif a.ndim != 1 + len(self.event_shape) or tuple(a.shape[1:]) != tuple(self.event_shape):
             raise ValueError(f"{name}: expected data of shape (N, {', '.join(map(str, self.event_shape))}), got {tuple(a.shape)}")
         xp = backend.array_module(a)
         if self.kind == "binary":
