@@ -13,6 +13,7 @@ docstrings as `x: (N, C, H, W) -> y: (N, O, H, W)`.
 """
 from __future__ import annotations
 
+import builtins
 import math
 
 import numpy as np
@@ -808,51 +809,89 @@ def _pad_pairs(padding, n):
     return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
 
 
+def _pad_or_crop(xp, a, pads):
+    """Zero-pad the spatial axes 1..r of a channels-last array (crop where an amount is < 0)."""
+    if any(lo < 0 or hi < 0 for lo, hi in pads):
+        keep = builtins.max  # (this module's `max` is the Tensor op)
+        a = a[(slice(None),) + tuple(slice(keep(0, -lo), a.shape[1 + d] - keep(0, -hi)) for d, (lo, hi) in enumerate(pads))]
+        pads = [(keep(0, lo), keep(0, hi)) for lo, hi in pads]
+    if not any(lo or hi for lo, hi in pads):
+        return a
+    return xp.pad(a, [(0, 0), *pads, (0, 0)])
+
+
+def _correlate(x, w, pads, dilation):
+    """The core of conv1d and conv2d, on channels-last arrays: windows, then one product.
+
+    x: (N, *S, C), w: (*K, C, O), pads: one (before, after) per spatial axis, dilation: one
+    int per axis -> y: (N, *S', O), S' = S + before + after - dilation (K - 1), and the
+    columns (N prod(S'), prod(K) C) that were multiplied (the weight gradient needs them).
+
+    The windows are a strided view of the padded input, (N, *S', *K, C); flattening it is
+    the only copy (none at all for a 1x1 kernel), and one (N S', K C) x (K C, O) matrix
+    product gives every output position at once.
+    """
+    a = _pad_or_crop(backend.array_module(x), x, pads)
+    r = len(pads)
+    kernel, out_channels = w.shape[:r], w.shape[-1]
+    out = tuple(a.shape[1 + d] - dilation[d] * (kernel[d] - 1) for d in range(r))
+    s = a.strides
+    windows = backend.as_strided(a, (a.shape[0], *out, *kernel, a.shape[-1]),
+                                 (s[0], *s[1:1 + r], *(dilation[d] * s[1 + d] for d in range(r)), s[-1]))
+    cols = windows.reshape(-1, w[..., 0].size)
+    y = cols @ w.reshape(-1, out_channels)
+    return y.reshape(a.shape[0], *out, out_channels), cols
+
+
+def _conv(x, weight, bias, pads, dilation, op):
+    """Convolution of a channels-first Tensor x: (N, C, *S) with weight (O, C, *K).
+
+    The work happens channels-last: convolution outputs are laid out (N, *S, O) in memory
+    and returned as a transposed (N, O, *S) view, so the next convolution's channels-last
+    view of its input costs no copy, and every product is one large matrix product.
+    """
+    r = x.ndim - 2
+    last, first = (0, *range(2, 2 + r), 1), (0, r + 1, *range(1, r + 1))
+    w = weight.data.transpose(*range(2, 2 + r), 1, 0)  # (*K, C, O)
+    y, cols = _correlate(x.data.transpose(last), w, pads, dilation)
+    if bias is not None:
+        y += bias.data
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def backward(gy):
+        gy = gy.transpose(last)
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        gx = gw = gb = None
+        if weight.requires_grad:
+            gw = (cols.T @ gy2).reshape(w.shape).transpose(r + 1, r, *range(r))
+        if bias is not None and bias.requires_grad:
+            gb = gy2.sum(axis=0)
+        if x.requires_grad:
+            # The input gradient is itself a correlation: of gy, padded by (span - padding),
+            # with the kernel flipped and its channel axes swapped.
+            flipped = w[(slice(None, None, -1),) * r].swapaxes(-1, -2)
+            back = [(dilation[d] * (w.shape[d] - 1) - lo, dilation[d] * (w.shape[d] - 1) - hi)
+                    for d, (lo, hi) in enumerate(pads)]
+            gx = _correlate(gy, flipped, back, dilation)[0].transpose(first)
+        return gx, gw, gb
+    return _make(y.transpose(first), parents, backward, op)
+
+
 def conv2d(x, weight, bias=None, padding=0) -> Tensor:
     """2-D cross-correlation, stride 1.
 
     x: (N, C, H, W), weight: (O, C, kh, kw), bias: (O,), padding: int, (ph, pw) or
     ((top, bottom), (left, right)) -> y: (N, O, H', W'), H' = H + top + bottom - kh + 1.
-
-    Strided windows of the padded input become columns (N, C*kh*kw, H'*W'), and one matrix
-    product with the flattened weight (O, C*kh*kw) gives every output pixel at once.
+    y[n, o, h, w] = sum_{c, i, j} weight[o, c, i, j] x_pad[n, c, h + i, w + j].
     """
-    xp = backend.array_module(x.data)
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv2d: expected x (N, C, H, W) and weight (O, C, kh, kw), got {x.shape} and {weight.shape}")
-    (pt, pb), (pl, pr) = _pad_pairs(padding, 2)
-    N, C, H, W = x.shape
-    O, _, kh, kw = weight.shape
-    Ho, Wo = H + pt + pb - kh + 1, W + pl + pr - kw + 1
-    if Ho < 1 or Wo < 1:
-        raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input {H + pt + pb}x{W + pl + pr}")
-    xpad = xp.pad(x.data, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if pt or pb or pl or pr else xp.ascontiguousarray(x.data)
-    sN, sC, sH, sW = xpad.strides
-    windows = backend.as_strided(xpad, (N, C, kh, kw, Ho, Wo), (sN, sC, sH, sW, sH, sW))
-    cols = windows.reshape(N, C * kh * kw, Ho * Wo)
-    w2 = weight.data.reshape(O, C * kh * kw)
-    y = w2 @ cols
-    if bias is not None:
-        y += bias.data[:, None]
-    y = y.reshape(N, O, Ho, Wo)
-    parents = (x, weight) if bias is None else (x, weight, bias)
-
-    def backward(gy):
-        g3 = gy.reshape(N, O, Ho * Wo)
-        gx = gw = gb = None
-        if weight.requires_grad:
-            gw = (g3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
-        if bias is not None and bias.requires_grad:
-            gb = g3.sum(axis=(0, 2))
-        if x.requires_grad:
-            gcols = (w2.T @ g3).reshape(N, C, kh, kw, Ho, Wo)
-            gpad = xp.zeros(xpad.shape, gy.dtype)
-            for i in range(kh):  # a loop over kernel offsets, never over pixels
-                for j in range(kw):
-                    gpad[:, :, i:i + Ho, j:j + Wo] += gcols[:, :, i, j]
-            gx = gpad[:, :, pt:pt + H, pl:pl + W]
-        return gx, gw, gb
-    return _make(y, parents, backward, "conv2d")
+    pads = [tuple(p) for p in _pad_pairs(padding, 2)]
+    kh, kw = weight.shape[2:]
+    hp, wp = x.shape[2] + pads[0][0] + pads[0][1], x.shape[3] + pads[1][0] + pads[1][1]
+    if hp < kh or wp < kw:
+        raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input {hp}x{wp}")
+    return _conv(x, weight, bias, pads, (1, 1), "conv2d")
 
 
 def conv1d(x, weight, bias=None, padding=0, dilation: int = 1) -> Tensor:
@@ -863,38 +902,12 @@ def conv1d(x, weight, bias=None, padding=0, dilation: int = 1) -> Tensor:
     y[n, o, t] = sum_{c, j} weight[o, c, j] x_pad[n, c, t + dilation j]; a causal
     convolution is padding=(dilation (k - 1), 0).
     """
-    xp = backend.array_module(x.data)
     if x.ndim != 3 or weight.ndim != 3 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv1d: expected x (N, C, T) and weight (O, C, k), got {x.shape} and {weight.shape}")
     if dilation < 1:
         raise ValueError(f"conv1d: dilation must be >= 1, got {dilation}")
-    ((left, right),) = _pad_pairs(padding, 1) if isinstance(padding, int) else [tuple(padding)]
-    N, C, T = x.shape
-    O, _, k = weight.shape
-    To = T + left + right - dilation * (k - 1)
-    if To < 1:
-        raise ValueError(f"conv1d: kernel span {dilation * (k - 1) + 1} is longer than the padded input {T + left + right}")
-    xpad = xp.pad(x.data, ((0, 0), (0, 0), (left, right))) if left or right else xp.ascontiguousarray(x.data)
-    sN, sC, sT = xpad.strides
-    windows = backend.as_strided(xpad, (N, C, k, To), (sN, sC, dilation * sT, sT))
-    cols = windows.reshape(N, C * k, To)
-    w2 = weight.data.reshape(O, C * k)
-    y = w2 @ cols
-    if bias is not None:
-        y += bias.data[:, None]
-    parents = (x, weight) if bias is None else (x, weight, bias)
-
-    def backward(gy):
-        gx = gw = gb = None
-        if weight.requires_grad:
-            gw = (gy @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
-        if bias is not None and bias.requires_grad:
-            gb = gy.sum(axis=(0, 2))
-        if x.requires_grad:
-            gcols = (w2.T @ gy).reshape(N, C, k, To)
-            gpad = xp.zeros(xpad.shape, gy.dtype)
-            for j in range(k):  # a loop over kernel taps, never over time
-                gpad[:, :, j * dilation:j * dilation + To] += gcols[:, :, j]
-            gx = gpad[:, :, left:left + T]
-        return gx, gw, gb
-    return _make(y, parents, backward, "conv1d")
+    pads = [(padding, padding)] if isinstance(padding, int) else [tuple(padding)]
+    span, tp = dilation * (weight.shape[2] - 1) + 1, x.shape[2] + pads[0][0] + pads[0][1]
+    if tp < span:
+        raise ValueError(f"conv1d: kernel span {span} is longer than the padded input {tp}")
+    return _conv(x, weight, bias, pads, (dilation,), "conv1d")
