@@ -10,21 +10,36 @@ of nanoar itself.
 
 Output: one JSON object per line and workload on stdout, with the keys
 name, impl ("torch"), device, ms_median, ms_min, ms_max, items_per_s,
-peak_rss_mib, torch_version, threads (plus a few descriptive extras: unit,
-batch, timed, warmup, note, ...).
+peak_rss_mib, torch_version, threads, plus descriptive extras (unit of
+items_per_s, batch, timed, optimizer, note, other_cpu_cores, ...).
+items_per_s = items per timed call / median time, where items are examples
+(train/eval workloads) or generated values (sampling: 2048 timesteps, 16*784
+or 100*784 pixels).
+
+Workloads: made, made-eval, pixelcnn, wavenet, chargpt, chargpt-sdpa,
+sample-wavenet-naive, sample-wavenet-cached (alias for both: sample-wavenet),
+sample-pixelcnn, sample-made.
 
 Timing: train/eval workloads run `--warmup` (3) untimed steps and then
-`--steps` (20) timed steps; sampling workloads run 1 untimed and
-`--sample-reps` (3) timed generations. Everything is float32 and uses all
-cores (torch.set_num_threads(os.cpu_count())). On CUDA every timed region is
-bracketed by torch.cuda.synchronize().
+`--steps` (20) timed steps; sampling workloads run one (shortened) untimed
+generation and `--sample-reps` (3) timed ones. Everything is float32 and
+uses all cores (torch.set_num_threads(os.cpu_count()); threadpoolctl, if
+installed, sets the other native pools to the same). On CUDA every timed
+region ends with torch.cuda.synchronize(), and TF32 is switched off for
+matmuls and cuDNN convolutions. Gradient-free work runs under
+torch.no_grad().
 
 peak_rss_mib is getrusage(RUSAGE_SELF).ru_maxrss, i.e. the peak resident set
-of the *whole process* (interpreter + torch import + model + data + activations).
-That is why, by default, every workload runs in a fresh subprocess of this
-script, so the figure is per workload; `rss_after_import_mib` is the peak right
-after importing torch, for reference. With --only the figure covers that
-single workload.
+of the *whole process* (interpreter + torch import + model + data +
+activations). That is why, by default, every workload runs in a fresh
+subprocess of this script, so the figure is per workload;
+`rss_after_import_mib` is the peak right after `import torch`, for reference.
+
+Shared machines: `other_cpu_cores` is the average number of cores other
+processes kept busy during the workload (from /proc/stat). With every core in
+one OpenMP team, one busy core can slow torch down by 10x or more, so treat
+any record with other_cpu_cores well above 0 as contaminated. `--wait-quiet S`
+waits up to S seconds for a quiet machine before each workload.
 
 Architecture choices (mirror these exactly in the NumPy implementation):
 
@@ -43,9 +58,10 @@ Architecture choices (mirror these exactly in the NumPy implementation):
 * MADE: degrees of the inputs are 1..D (natural ordering). Hidden degrees,
   layer by layer, are drawn as in Germain et al. (2015):
   numpy.random.RandomState(0).randint(low, D, size=H) with low = min of the
-  previous layer's degrees (so values in [low, D-1], low = 1 in practice),
-  first hidden layer first. Hidden mask M[k, d] = deg_out[k] >= deg_in[d],
-  output mask M[d, k] = deg_input[d] > deg_hidden[k]. No direct input->output
+  previous layer's degrees (values in [low, D-1]; low = 1 for the first
+  hidden layer, 4 for the second with seed 0), first hidden layer first.
+  Hidden mask M[k, d] = deg_out[k] >= deg_in[d], output mask
+  M[d, k] = deg_input[d] > deg_hidden[k]. No direct input->output
   connections. Bernoulli head on the raw logits.
 * PixelCNN: masks for a k x k kernel with centre c = k // 2: rows < c fully
   open, row c open for columns < c (type A) or <= c (type B), rows > c closed.
@@ -72,6 +88,13 @@ Architecture choices (mirror these exactly in the NumPy implementation):
   The `chargpt-sdpa` workload is identical but uses
   F.scaled_dot_product_attention(is_causal=True) instead.
 
+* Sampling: sample-made / sample-pixelcnn start from all-zero inputs and fill
+  one pixel per full forward pass (natural order / raster order), drawing
+  bernoulli(sigmoid(logit)). WaveNet sampling starts from the zero start
+  column and draws from softmax(logits) by inverse CDF; naive = `trunk` on the
+  last min(t+1, 1025) input columns at every step (all 2048 steps timed
+  unless --naive-steps), cached = `FastWaveNet` (see there).
+
 Data are random, fixed once per workload (seeded) and reused at every step:
 Bernoulli(0.5) pixels, uniform integers.
 """
@@ -94,7 +117,6 @@ def _rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-RSS_BEFORE_IMPORT_MIB = _rss_mib()
 import numpy as np  # noqa: E402  (only for the MADE degree draw)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -223,6 +245,17 @@ class WaveNet(nn.Module):
         return F.cross_entropy(logits, x, reduction="sum") / x.shape[0]
 
 
+def sample_categorical(logits, generator=None):
+    """Inverse-CDF draw from softmax(logits) per row (B, K) -> (B,) ints.
+
+    (torch.multinomial gives the same distribution but costs ~60 us per call
+    here, a large share of one cached WaveNet step.)
+    """
+    cdf = F.softmax(logits, dim=1).cumsum(1)
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[1] - 1)[:, 0]
+
+
 @torch.no_grad()
 def wavenet_sample_naive(model, T, batch=1, generator=None):
     """Rerun the network on the last receptive-field window at every step."""
@@ -230,59 +263,78 @@ def wavenet_sample_naive(model, T, batch=1, generator=None):
     rf = model.receptive_field
     inp = torch.zeros(batch, model.n_classes, T + 1, device=device)  # column 0 = start
     out = torch.empty(batch, T, dtype=torch.long, device=device)
+    rows = torch.arange(batch, device=device)
     for t in range(T):
         logits = model.trunk(inp[:, :, max(0, t + 1 - rf): t + 1])[:, :, -1]
-        x_t = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator)[:, 0]
+        x_t = sample_categorical(logits, generator)
         out[:, t] = x_t
-        inp[:, :, t + 1] = F.one_hot(x_t, model.n_classes).to(torch.float32)
+        inp[rows, x_t, t + 1] = 1.0  # column t + 1 = onehot(x[t])
     return out
 
 
 class FastWaveNet:
-    """Cached ("fast WaveNet") incremental inference for a trained `WaveNet`.
+    """Cached ("fast WaveNet", Paine et al. 2016) incremental sampling for a `WaveNet`.
 
-    Every layer keeps a circular queue of its last `dilation` inputs, so one
-    step costs one column per layer. The k=2 convs become a single matmul on
-    [past, current]; the residual and skip 1x1 convs are fused into one.
+    Each layer keeps a circular queue of its last `dilation` inputs, so every step
+    computes exactly one column per layer. Algebraically identical to `trunk`
+    (checked to ~1e-7 on the logits), just rearranged:
+      * the first causal conv on one-hot columns is a row lookup in two
+        (257, C) tables (tap t-1 and tap t); row 256 is the zero "start" column;
+      * each k=2 dilated conv is one matmul on cat([h[t - d], h[t]]);
+      * the skip 1x1 convs of all layers are one matmul on the concatenated
+        gated activations, done once per step after the last layer.
     """
 
     def __init__(self, model):
-        def taps(conv):  # (out, in, 2) -> (out, 2 * in) acting on cat([past, current])
-            return torch.cat([conv.weight[:, :, 0], conv.weight[:, :, 1]], dim=1), conv.bias
+        C, K = model.head1.weight.shape[0], model.n_classes
+        w, b = model.causal.weight.detach(), model.causal.bias.detach()
+        zero = torch.zeros(1, C, device=w.device)
+        self.tap_prev = torch.cat([w[:, :, 0].T, zero])      # (K + 1, C)
+        self.tap_cur = torch.cat([w[:, :, 1].T, zero])       # (K + 1, C)
+        self.causal_bias = b
+        self.dilated = [(c.bias.detach(), torch.cat([c.weight[:, :, 0], c.weight[:, :, 1]], 1).T.detach())
+                        for c in model.dilated]                # (2C,), (2C, 2C)
+        self.res = [(r.bias.detach(), r.weight[:, :, 0].T.detach()) for r in model.res]
+        self.skip_w = torch.cat([s.weight[:, :, 0].T for s in model.skip]).detach()  # (L*C, C)
+        self.skip_b = sum(s.bias for s in model.skip).detach()
+        self.head1 = (model.head1.bias.detach(), model.head1.weight[:, :, 0].T.detach())
+        self.head2 = (model.head2.bias.detach(), model.head2.weight[:, :, 0].T.detach())
+        self.model, self.C, self.start = model, C, K
 
-        self.model = model
-        self.causal = taps(model.causal)
-        self.dilated = [taps(c) for c in model.dilated]
-        self.res_skip = [
-            (torch.cat([r.weight[:, :, 0], s.weight[:, :, 0]]), torch.cat([r.bias, s.bias]))
-            for r, s in zip(model.res, model.skip)]
-        self.head1 = (model.head1.weight[:, :, 0], model.head1.bias)
-        self.head2 = (model.head2.weight[:, :, 0], model.head2.bias)
+    def init_state(self, batch):
+        """Queues start as zeros (= the zero left padding of `trunk`)."""
+        device, C = self.skip_w.device, self.C
+        start = torch.full((batch,), self.start, dtype=torch.long, device=device)
+        return dict(prev=start, cur=start,  # x[t-2], x[t-1] (or the start column)
+                    queues=[torch.zeros(d, batch, C, device=device) for d in self.model.dilations],
+                    zs=torch.empty(batch, len(self.model.dilations) * C, device=device))
+
+    def step(self, state, t):
+        """Logits (B, K) of x[t] given the state after x[<t]; updates the queues."""
+        C, zs = self.C, state["zs"]
+        h = self.tap_prev[state["prev"]] + self.tap_cur[state["cur"]] + self.causal_bias
+        layers = zip(self.model.dilations, state["queues"], self.dilated, self.res)
+        for i, (d, q, (bd, wd), (br, wr)) in enumerate(layers):
+            slot = q[t % d]                          # holds this layer's input from step t - d ...
+            ag = torch.addmm(bd, torch.cat([slot, h], 1), wd)
+            slot.copy_(h)                            # ... now replaced by the one from step t
+            z = torch.mul(torch.tanh(ag[:, :C]), torch.sigmoid(ag[:, C:]), out=zs[:, i * C:(i + 1) * C])
+            h = torch.addmm(br, z, wr).add_(h)
+        s = torch.addmm(self.skip_b, zs, self.skip_w).relu_()
+        s = torch.addmm(self.head1[0], s, self.head1[1]).relu_()
+        return torch.addmm(self.head2[0], s, self.head2[1])
+
+    def advance(self, state, x_t):
+        state["prev"], state["cur"] = state["cur"], x_t
 
     @torch.no_grad()
     def sample(self, T, batch=1, generator=None):
-        m = self.model
-        device = m.head2.weight.device
-        C = m.head1.weight.shape[0]
-        prev_in = torch.zeros(batch, m.n_classes, device=device)
-        cur_in = torch.zeros(batch, m.n_classes, device=device)  # start column
-        queues = [torch.zeros(d, batch, C, device=device) for d in m.dilations]
-        out = torch.empty(batch, T, dtype=torch.long, device=device)
+        state = self.init_state(batch)
+        out = torch.empty(batch, T, dtype=torch.long, device=self.skip_w.device)
         for t in range(T):
-            h = F.linear(torch.cat([prev_in, cur_in], 1), *self.causal)
-            skips = 0
-            for d, q, dil, rs in zip(m.dilations, queues, self.dilated, self.res_skip):
-                slot = t % d
-                a, b = F.linear(torch.cat([q[slot], h], 1), *dil).chunk(2, dim=1)
-                q[slot] = h
-                r, s = F.linear(torch.tanh(a) * torch.sigmoid(b), *rs).chunk(2, dim=1)
-                h = h + r
-                skips = skips + s
-            logits = F.linear(F.relu(F.linear(F.relu(skips), *self.head1)), *self.head2)
-            x_t = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator)[:, 0]
+            x_t = sample_categorical(self.step(state, t), generator)
             out[:, t] = x_t
-            prev_in = cur_in
-            cur_in = F.one_hot(x_t, m.n_classes).to(torch.float32)
+            self.advance(state, x_t)
         return out
 
 
@@ -356,9 +408,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_calls(fn, device, warmup, reps):
+def time_calls(fn, device, warmup, reps, warmup_fn=None):
     for _ in range(warmup):
-        fn()
+        (warmup_fn or fn)()
     sync(device)
     times = []
     for _ in range(reps):
@@ -367,6 +419,13 @@ def time_calls(fn, device, warmup, reps):
         sync(device)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def make_optimizer(kind, params, args):
+    """torch.optim.Adam / AdamW at lr 1e-3; --optim-impl picks torch's for-loop (default on
+    CPU), foreach or fused kernel (all compute the same update)."""
+    impl = {"default": {}, "foreach": dict(foreach=True), "fused": dict(fused=True)}[args.optim_impl]
+    return getattr(torch.optim, kind)(params, lr=1e-3, **impl)
 
 
 def train_step_fn(model, data, opt):
@@ -392,9 +451,9 @@ def int_data(shape, high, device, seed):
 def wl_made(dev, a):
     model = MADE().to(dev)
     x = binary_data((100, 784), dev, 1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer("Adam", model.parameters(), a)
     t = time_calls(train_step_fn(model, x, opt), dev, a.warmup, a.steps)
-    return t, 100, dict(unit="examples", batch=100, optimizer="Adam(lr=1e-3)")
+    return t, 100, dict(unit="examples", batch=100, optimizer=f"Adam(lr=1e-3), {a.optim_impl}")
 
 
 def wl_made_eval(dev, a):
@@ -411,27 +470,27 @@ def wl_made_eval(dev, a):
 def wl_pixelcnn(dev, a):
     model = PixelCNN().to(dev)
     x = binary_data((32, 1, 28, 28), dev, 3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer("Adam", model.parameters(), a)
     t = time_calls(train_step_fn(model, x, opt), dev, a.warmup, a.steps)
-    return t, 32, dict(unit="examples", batch=32, optimizer="Adam(lr=1e-3)")
+    return t, 32, dict(unit="examples", batch=32, optimizer=f"Adam(lr=1e-3), {a.optim_impl}")
 
 
 def wl_wavenet(dev, a):
     model = WaveNet().to(dev)
     x = int_data((4, 1024), 256, dev, 4)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer("Adam", model.parameters(), a)
     t = time_calls(train_step_fn(model, x, opt), dev, a.warmup, a.steps)
-    return t, 4, dict(unit="sequences", batch=4, seq_len=1024, optimizer="Adam(lr=1e-3)")
+    return t, 4, dict(unit="sequences", batch=4, seq_len=1024, optimizer=f"Adam(lr=1e-3), {a.optim_impl}")
 
 
 def _chargpt(dev, a, sdpa):
     model = CharGPT(sdpa=sdpa).to(dev)
     seq = int_data((12, 65), 65, dev, 5)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = make_optimizer("AdamW", model.parameters(), a)
     t = time_calls(train_step_fn(model, seq, opt), dev, a.warmup, a.steps)
     attention = "F.scaled_dot_product_attention" if sdpa else "explicit"
     return t, 12, dict(unit="sequences", batch=12, seq_len=64, attention=attention,
-                       optimizer="AdamW(lr=1e-3, weight_decay=0.01)")
+                       optimizer=f"AdamW(lr=1e-3, weight_decay=0.01), {a.optim_impl}")
 
 
 def wl_chargpt(dev, a):
@@ -446,11 +505,12 @@ def wl_sample_wavenet_naive(dev, a):
     model = WaveNet().to(dev).eval()
     T, timed = 2048, a.naive_steps or 2048
     g = torch.Generator(device=dev).manual_seed(6)
-    t = time_calls(lambda: wavenet_sample_naive(model, timed, generator=g), dev, 1, a.sample_reps)
+    t = time_calls(lambda: wavenet_sample_naive(model, timed, generator=g), dev, 1, a.sample_reps,
+                   warmup_fn=lambda: wavenet_sample_naive(model, 64, generator=g))
     extras = dict(unit="timesteps", batch=1, seq_len=T)
     if timed < T:
-        # steps >= rf - 1 all use a full window; extrapolate with the mean cost of
-        # the timed (growing-window) steps, which underestimates the true figure.
+        # The first steps run on short windows (the window only reaches its full
+        # 1025 columns at step 1024), so this linear scaling underestimates.
         t = [x * T / timed for x in t]
         extras["note"] = f"timed the first {timed} steps and scaled by {T}/{timed} (an underestimate)"
     else:
@@ -471,14 +531,14 @@ def wl_sample_pixelcnn(dev, a):
     g = torch.Generator(device=dev).manual_seed(8)
 
     @torch.no_grad()
-    def sample(n=16, H=28, W=28):
+    def sample(n=16, H=28, W=28, rows=28):
         x = torch.zeros(n, 1, H, W, device=dev)
-        for i in range(H):
+        for i in range(rows):
             for j in range(W):
                 p = torch.sigmoid(model(x)[:, :, i, j])
                 x[:, :, i, j] = torch.bernoulli(p, generator=g)
         return x
-    t = time_calls(sample, dev, 1, a.sample_reps)
+    t = time_calls(sample, dev, 1, a.sample_reps, warmup_fn=lambda: sample(rows=2))
     return t, 16 * 784, dict(unit="pixels", batch=16, note="naive: 784 full forwards of batch 16")
 
 
@@ -511,10 +571,49 @@ WORKLOADS = {
 GROUPS = {"sample-wavenet": ["sample-wavenet-naive", "sample-wavenet-cached"]}
 
 
-def run_one(name, args):
+# --------------------------------------------------------------------------
+# Shared-machine hygiene: how much CPU did *other* processes use meanwhile?
+# --------------------------------------------------------------------------
+
+def _cpu_snapshot():
+    """(wall s, machine busy CPU-s from /proc/stat, this process's CPU-s), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    t = os.times()
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
+def other_cpu_cores(before, after):
+    """Average number of cores kept busy by other processes between two snapshots."""
+    if before is None or after is None:
+        return None
+    wall = after[0] - before[0]
+    return max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / wall)
+
+
+def wait_for_quiet(max_wait_s, threshold=0.15, probe_s=1.0):
+    """Wait (up to max_wait_s) until other processes use < threshold cores; return last reading."""
+    deadline = time.perf_counter() + max_wait_s
+    while True:
+        a = _cpu_snapshot()
+        time.sleep(probe_s)
+        load = other_cpu_cores(a, _cpu_snapshot())
+        if load is None or load < threshold or time.perf_counter() >= deadline:
+            return load
+        time.sleep(2.0)
+
+
+def run_one(name, args, per_workload_process):
     dev = torch.device(args.device)
     torch.manual_seed(0)
+    quiet = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
+    snap = _cpu_snapshot()
     times, items, extras = WORKLOADS[name](dev, args)
+    others = other_cpu_cores(snap, _cpu_snapshot())
     ms = [1e3 * t for t in times]
     med = statistics.median(ms)
     rec = dict(name=name, impl="torch", device=args.device,
@@ -523,31 +622,60 @@ def run_one(name, args):
                peak_rss_mib=round(_rss_mib(), 1),
                torch_version=torch.__version__, threads=torch.get_num_threads())
     rec.update(extras)
-    rec.update(timed=len(ms), rss_after_import_mib=round(RSS_AFTER_IMPORT_MIB, 1),
-               rss_scope="process-wide ru_maxrss of a process running only this workload"
-               if args.subprocess_child else "process-wide ru_maxrss")
+    rec.update(
+        timed=len(ms),
+        rss_scope=("ru_maxrss of a fresh process that ran only this workload"
+                   if per_workload_process else "ru_maxrss of the whole process (all workloads so far)"),
+        rss_after_import_mib=round(RSS_AFTER_IMPORT_MIB, 1),
+        # Cores used by other processes during this workload (warm-up included).
+        # Clearly above 0 on a shared machine = contaminated figures: with all
+        # cores in one OpenMP team, a single busy core can slow torch down 10x.
+        other_cpu_cores=None if others is None else round(others, 2),
+    )
+    if quiet is not None:
+        rec["other_cpu_cores_at_start"] = round(quiet, 2)
+    if args.tag:
+        rec["tag"] = args.tag
     if dev.type == "cuda":
         rec.update(device_name=torch.cuda.get_device_name(dev),
                    peak_cuda_mib=round(torch.cuda.max_memory_allocated(dev) / 2**20, 1))
     else:
-        rec.update(device_name=platform.processor() or platform.machine())
+        rec.update(device_name=_cpu_name())
     print(json.dumps(rec), flush=True)
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", help="comma-separated workloads: " + ", ".join([*WORKLOADS, *GROUPS]))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--steps", type=int, default=20, help="timed steps for train/eval workloads")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps for train/eval workloads")
     p.add_argument("--sample-reps", type=int, default=3, help="timed generations for sampling")
     p.add_argument("--naive-steps", type=int, default=0,
-                   help="time only this many naive WaveNet steps and extrapolate (0 = all 2048)")
+                   help="time only the first N naive WaveNet steps and scale to 2048 (0 = all)")
+    p.add_argument("--optim-impl", default="default", choices=["default", "foreach", "fused"],
+                   help="torch.optim implementation (default = torch's own choice)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                   help="before each workload wait up to S seconds until other processes "
+                        "use < 0.15 cores (for shared machines)")
+    p.add_argument("--tag", default="", help="free text copied into every record (e.g. a run label)")
     p.add_argument("--in-process", action="store_true",
                    help="run all selected workloads in this process (peak RSS then accumulates)")
     p.add_argument("--subprocess-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch.cuda.is_available() is False")
 
     names = []
     for n in (args.only.split(",") if args.only else WORKLOADS):
@@ -555,33 +683,32 @@ def main():
             p.error(f"unknown workload {n!r}")
         names += GROUPS.get(n, [n])
 
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(torch.float32)
-
-    if args.only and len(names) == 1 or args.in_process or args.subprocess_child:
-        try:  # also pin every other native thread pool (e.g. NumPy's BLAS)
-            from threadpoolctl import threadpool_limits
-            limiter = threadpool_limits(limits=threads)
-        except ImportError:
-            limiter = None
+    if len(names) > 1 and not args.in_process:
+        # Default: every workload in a fresh subprocess, so peak_rss_mib is per workload.
+        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                       if k in ("device", "steps", "warmup", "sample_reps", "naive_steps", "optim_impl",
+                                "wait_quiet", "tag")]
+        failed = []
         for name in names:
-            run_one(name, args)
-        if limiter is not None:
-            limiter.restore_original_limits()
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", name,
+                                "--subprocess-child", *passthrough])
+            if r.returncode:
+                failed.append(name)
+        if failed:
+            sys.exit(f"failed workloads: {', '.join(failed)}")
         return
 
-    # Default: each workload in a fresh subprocess, so peak_rss_mib is per workload.
-    passthrough = ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--sample-reps", str(args.sample_reps), "--naive-steps", str(args.naive_steps)]
-    failed = []
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = False  # true float32 on GPUs too (cuDNN
+    torch.backends.cudnn.allow_tf32 = False        # convs default to TF32 otherwise)
+    try:  # pin every other native thread pool too (e.g. NumPy's OpenBLAS); needs threadpoolctl
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=threads)
+    except ImportError:
+        pass
     for name in names:
-        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", name,
-                            "--subprocess-child", *passthrough])
-        if r.returncode:
-            failed.append(name)
-    if failed:
-        sys.exit(f"failed workloads: {', '.join(failed)}")
+        run_one(name, args, per_workload_process=len(names) == 1)
 
 
 if __name__ == "__main__":
