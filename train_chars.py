@@ -26,6 +26,7 @@ import numpy as np
 from nanoar import backend, data, no_grad
 from nanoar.checkpoint import rng_from_state, rng_state
 from nanoar.models import build_model
+from nanoar.models.lstm import LSTMState
 from nanoar.optim import AdamW, clip_grad_norm
 from nanoar.training import (JsonLog, NonFiniteLoss, StopRequested, check_finite, load_run, progress,
                              save_run, select_device)
@@ -120,6 +121,39 @@ def fmt(label, nats) -> str:
     return f"{label} {nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char)"
 
 
+class Streams:
+    """Truncated backpropagation through time for the LSTM: `batch` read heads spread evenly
+    over the training text, each moving on by `context` characters per iteration, with the
+    recurrent state carried from one chunk to the next (gradients stop at chunk edges).
+    When a head would run off its share of the text, every head restarts with a fresh state."""
+
+    def __init__(self, n_ids, batch, context, saved=None):
+        self.span, self.batch, self.context = n_ids // batch, batch, context
+        self.starts = np.arange(batch) * self.span
+        self.pos, self.state = self.starts.copy(), None
+        if saved:
+            self.pos = np.array(saved["pos"])
+            if saved["state"]:
+                st = saved["state"]
+                as_dev = lambda a, dt: backend.to_device(np.array(a, dtype=dt))  # noqa: E731
+                self.state = LSTMState(tuple(as_dev(h, backend.default_dtype()) for h in st["h"]),
+                                       tuple(as_dev(c, backend.default_dtype()) for c in st["c"]), as_dev(st["last"], np.int64))
+
+    def next_chunk(self, ids):
+        if self.pos[0] + self.context > self.starts[0] + self.span:
+            self.pos, self.state = self.starts.copy(), None
+        x = np.stack([ids[p:p + self.context] for p in self.pos])
+        self.pos = self.pos + self.context
+        return x
+
+    def to_json(self) -> dict:
+        state = None
+        if self.state is not None:
+            host = lambda arrays: [backend.to_numpy(a).tolist() for a in arrays]  # noqa: E731
+            state = {"h": host(self.state.h), "c": host(self.state.c), "last": backend.to_numpy(self.state.last).tolist()}
+        return {"pos": self.pos.tolist(), "state": state}
+
+
 def sample_text(model, vocab, args) -> str:
     try:
         prompt = vocab.encode(args.prompt)
@@ -164,17 +198,25 @@ def train(args) -> None:
     rng = rng_from_state(loop["rng"])
     it, best_valid = loop["iter"], loop["best_valid"]
 
+    streams = Streams(len(train_ids), args.batch_size, args.context, loop.get("streams")) if args.model == "lstm" else None
+
     def save(path):
-        save_run(path, model, opt, **run_meta, loop={"iter": it, "rng": rng_state(rng), "best_valid": best_valid})
+        save_run(path, model, opt, **run_meta, loop={"iter": it, "rng": rng_state(rng), "best_valid": best_valid,
+                                                     "streams": streams.to_json() if streams else None})
 
     t0, chars, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
     bar = progress(total=args.max_iters, desc=f"{args.model}", disable=args.quiet)
     bar.update(it)
     with StopRequested() as stop:
         while it < args.max_iters:
-            x = data.get_windows(train_ids, args.batch_size, args.context - 1, rng)  # (B, context)
             opt.lr = lr_at(it, args)
-            loss = -model.log_prob_per_variable(backend.to_device(x)).mean()
+            if streams:  # the LSTM reads the text in order, carrying its state (truncated BPTT)
+                x = streams.next_chunk(train_ids)
+                lp, streams.state = model.log_prob_chunk(backend.to_device(x), streams.state)
+            else:  # random windows, each scored as a whole sequence
+                x = data.get_windows(train_ids, args.batch_size, args.context - 1, rng)  # (B, context)
+                lp = model.log_prob_per_variable(backend.to_device(x))
+            loss = -lp.mean()
             opt.zero_grad()
             loss.backward()
             value = loss.item()
