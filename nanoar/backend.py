@@ -11,7 +11,9 @@ behind the user's back: `to_numpy` and `to_device` are the explicit ways across.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 
 import numpy as np
 
@@ -172,6 +174,30 @@ def as_strided(a, shape, strides):
         return _state["xp"].lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
     return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
 
+
+# ----------------------------------------------------------------------------- host memory
+def keep_freed_host_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    A training step allocates and frees the same large temporaries every step; by default
+    glibc maps blocks over a few MiB afresh and unmaps them on free, so every step pays page
+    faults to get zeroed pages back (measured: chargpt 101 -> 68 ms per step). Raising the
+    mmap threshold to glibc's maximum (32 MiB) and the trim threshold to 2 GiB keeps them.
+    The cost: the process's resident memory stays near its peak. Called on import; set
+    NANOAR_KEEP_FREED_MEMORY=0 to leave the allocator alone. Returns whether it applied.
+    """
+    if os.environ.get("NANOAR_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 2 << 30))
+
+
+keep_freed_host_memory()
 
 if os.environ.get("NANOAR_DEVICE"):
     set_device(os.environ["NANOAR_DEVICE"])
