@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import nanoar
-from nanoar import backend
+from nanoar import backend, training
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -58,3 +58,23 @@ def float64():
 def to_xp(a):
     """A host array on the current device (tests' explicit copy)."""
     return nanoar.to_device(np.asarray(a))
+
+
+@pytest.fixture
+def stop_after():
+    """stop_after(n): a StopRequested stand-in that 'presses Ctrl-C' at the n-th time the
+    training loop checks the flag (for testing save-on-interrupt and --resume)."""
+    def make(n):
+        class StopAfter(training.StopRequested):
+            calls = 0
+
+            @property
+            def requested(self):
+                StopAfter.calls += 1
+                return StopAfter.calls == n
+
+            @requested.setter
+            def requested(self, value):
+                pass
+        return StopAfter
+    return make

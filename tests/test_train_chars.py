@@ -67,22 +67,10 @@ def test_train_evaluate_sample(model, text_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model", ["lstm", "transformer"])
-def test_resume_continues_the_same_run(model, text_file, tmp_path, monkeypatch):
+def test_resume_continues_the_same_run(model, text_file, tmp_path, monkeypatch, stop_after):
     run(common(model, text_file, tmp_path / "straight"))
 
-    class StopAfter(training.StopRequested):
-        calls = 0
-
-        @property
-        def requested(self):
-            StopAfter.calls += 1
-            return StopAfter.calls == 7
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
-    monkeypatch.setattr(train_chars, "StopRequested", StopAfter)
+    monkeypatch.setattr(train_chars, "StopRequested", stop_after(7))
     out = tmp_path / "interrupted"
     run(common(model, text_file, out))
     _, meta = load_checkpoint(out / "last.npz")

@@ -65,25 +65,13 @@ def test_each_model_trains_evaluates_and_samples(model, idx_folder, tmp_path, ca
         assert (out / name).exists(), name
 
 
-def test_resume_gives_the_same_run_as_no_interruption(idx_folder, tmp_path, monkeypatch):
+def test_resume_gives_the_same_run_as_no_interruption(idx_folder, tmp_path, monkeypatch, stop_after):
     common = ["--model", "made", "--dataset", idx_folder, "--binarization", "dynamic", "--epochs", 2,
               "--batch-size", 20, "--hidden-sizes", "24,24", "--n-samples", 2, "--quiet"]
     run(common + ["--out", tmp_path / "straight"])
 
     # Interrupt in the middle of epoch 1 (as Ctrl-C would), then resume twice.
-    class StopAfter(training.StopRequested):
-        steps = 0
-
-        @property
-        def requested(self):
-            StopAfter.steps += 1
-            return StopAfter.steps == 5
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
-    monkeypatch.setattr(train_mnist, "StopRequested", StopAfter)
+    monkeypatch.setattr(train_mnist, "StopRequested", stop_after(5))
     out = tmp_path / "interrupted"
     run(common + ["--out", out])
     arrays, meta = load_checkpoint(out / "last.npz")
