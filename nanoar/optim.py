@@ -19,7 +19,8 @@ def clip_grad_norm(params, max_norm: float) -> float:
     if not grads:
         return 0.0
     xp = backend.array_module(grads[0])
-    total = float(xp.sqrt(sum(float((g * g).sum()) for g in grads)))
+    # one dot product per gradient (BLAS, no temporary), a single sync for the total
+    total = math.sqrt(float(xp.stack([xp.dot(g.ravel(), g.ravel()) for g in grads]).sum()))
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for p in params:
