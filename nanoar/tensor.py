@@ -745,7 +745,7 @@ def concatenate(tensors, axis=0) -> Tensor:
         y = xp.concatenate([t.data for t in tensors], axis=axis)
     except ValueError:
         raise ValueError(f"concatenate: shapes {[t.shape for t in tensors]} do not match off axis {axis}") from None
-    ends = np.cumsum([t.shape[axis] for t in tensors])
+    ends = np.cumsum([t.shape[axis] for t in tensors]).tolist()  # a list: CuPy wants host ints
 
     def backward(gy):
         return xp.split(gy, ends[:-1], axis=axis)
