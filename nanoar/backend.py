@@ -94,11 +94,11 @@ def check_same_device(a, where: str = "") -> None:
 
 
 def to_numpy(a) -> np.ndarray:
-    """Explicit copy of an array (or Tensor) to the host as a NumPy array."""
+    """A copy of an array (or Tensor) on the host, as a NumPy array (never a view of it)."""
     a = getattr(a, "data", a)
     if is_device_array(a):
         return a.get()
-    return np.asarray(a)
+    return np.array(a, copy=True)
 
 
 def to_device(a):
