@@ -1,7 +1,9 @@
 """Shared fixtures: the device parameter (CuPy variants skip with a reason) and
 hypothesis profiles ('ci', the default, and 'thorough' for long local runs:
 `HYPOTHESIS_PROFILE=thorough pytest`)."""
+import importlib.util
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -78,3 +80,14 @@ def stop_after():
                 pass
         return StopAfter
     return make
+
+
+@pytest.fixture
+def torch_ref():
+    """bench/torch_ref.py (the PyTorch reference models) as a module; skips without torch."""
+    pytest.importorskip("torch")
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "torch_ref.py"
+    spec = importlib.util.spec_from_file_location("torch_ref", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

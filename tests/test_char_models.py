@@ -347,19 +347,13 @@ def test_train_step_and_sampling_on_device(device, name):
 
 
 # ---------------------------------------------------------------------------- the benchmark model
-def test_same_network_as_the_pytorch_benchmark_chargpt(float64):
+def test_same_network_as_the_pytorch_benchmark_chargpt(float64, torch_ref):
     """With the reference's weights (and its GELU switched to the tanh form nanoar uses), a
     window of ids gives the reference's logits: a small instance of bench/torch_ref.py's
     CharGPT. (The reference scores x_1.. given x_0; CharTransformer puts BOS in front.)"""
-    torch = pytest.importorskip("torch")
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "torch_ref.py"
-    if not path.exists():
-        pytest.skip("bench/torch_ref.py not found")
-    spec = importlib.util.spec_from_file_location("torch_ref", path)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    import torch
+
+    ref = torch_ref
     torch.manual_seed(0)
     tm = ref.CharGPT(vocab=7, block_size=6, n_layers=2, n_heads=2, d_model=8).double()
     model = CharTransformer(7, context=6, n_layers=2, n_heads=2, dim=8)

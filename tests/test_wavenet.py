@@ -292,23 +292,12 @@ def test_log_prob_and_fast_sampler_on_device(device):
 
 
 # ---------------------------------------------------------------------------- the benchmark model
-def _torch_ref():
-    torch = pytest.importorskip("torch")
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "torch_ref.py"
-    if not path.exists():
-        pytest.skip("bench/torch_ref.py not found")
-    spec = importlib.util.spec_from_file_location("torch_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return torch, mod
-
-
-def test_same_function_as_the_pytorch_benchmark_wavenet(float64):
+def test_same_function_as_the_pytorch_benchmark_wavenet(float64, torch_ref):
     """With the reference's weights, log_prob is the reference's -NLL (a small instance of
     bench/torch_ref.py's WaveNet: one-hot input, k = 2, dilations 1, 2, 4)."""
-    torch, ref = _torch_ref()
+    import torch
+
+    ref = torch_ref
     torch.manual_seed(0)
     tm = ref.WaveNet(n_classes=5, channels=4, n_layers=3).double()
     model = WaveNet(n_classes=5, residual_channels=4, dilation_channels=8, skip_channels=4, dilations=(1, 2, 4))
