@@ -391,15 +391,27 @@ def tanh(x) -> Tensor:
 def _sigmoid(xp, x):
     # 1/(1+e^-x) overflows e^-x for x << 0, and the tanh form 0.5 (tanh(x/2) + 1) cancels to 0
     # there (float32 sigmoid(-20) == 0); e = e^-|x| <= 1 does neither: 1/(1+e) or e/(1+e).
-    e = xp.exp(-xp.abs(x))
-    r = 1.0 / (1.0 + e)
-    return xp.where(x >= 0, r, e * r)
+    # Written in place: two float temporaries instead of six (NADE calls it on N*D*H values).
+    e = xp.abs(x)
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)
+    y = e + 1.0
+    xp.reciprocal(y, out=y)
+    xp.multiply(e, y, out=e)
+    xp.copyto(y, e, where=x < 0)
+    return y
 
 
 def sigmoid(x) -> Tensor:
     """y = 1 / (1 + e^-x), stable for any x.  dy/dx = y (1 - y)."""
     y = _sigmoid(backend.array_module(x.data), x.data)
-    return _make(y, (x,), lambda gy: (gy * y * (1.0 - y),), "sigmoid")
+
+    def backward(gy):
+        g = 1.0 - y
+        g *= y
+        g *= gy
+        return (g,)
+    return _make(y, (x,), backward, "sigmoid")
 
 
 def relu(x) -> Tensor:
