@@ -392,10 +392,10 @@ def _sigmoid(xp, x):
     # 1/(1+e^-x) overflows e^-x for x << 0, and the tanh form 0.5 (tanh(x/2) + 1) cancels to 0
     # there (float32 sigmoid(-20) == 0); e = e^-|x| <= 1 does neither: 1/(1+e) or e/(1+e).
     # Written in place: two float temporaries instead of six (NADE calls it on N*D*H values).
-    e = xp.abs(x)
+    e = xp.asarray(xp.abs(x))  # (asarray: NumPy turns a 0-d result into a scalar)
     xp.negative(e, out=e)
     xp.exp(e, out=e)
-    y = e + 1.0
+    y = xp.asarray(e + 1.0)
     xp.reciprocal(y, out=y)
     xp.multiply(e, y, out=e)
     xp.copyto(y, e, where=x < 0)
