@@ -183,3 +183,16 @@ def test_sampling_on_every_device(device):
     s = model.sample(100, seed=0)
     assert nanoar.backend.is_device_array(s) == (device == "cuda")
     assert_samples_match(model, 20000, seed=1)
+
+
+def test_fused_nade_pass_matches_the_composed_ops_and_finite_differences(float64):
+    from nanoar import Tensor, gradcheck, sigmoid
+    from nanoar.models.nade import nade_logits
+
+    rng = np.random.default_rng(5)
+    model = NADE(5, 3)
+    xb = (rng.random((4, 5)) < 0.5).astype(np.float64)
+    composed = (sigmoid(model.pre_activations(xb)) * model.V).sum(axis=-1) + model.b
+    np.testing.assert_allclose(model.logits(xb).numpy(), composed.numpy(), rtol=1e-12, atol=1e-12)
+    xt = Tensor(xb + 0.1 * rng.standard_normal((4, 5)), requires_grad=True)  # the op takes any real x
+    assert gradcheck(nade_logits, [xt, model.W, model.c, model.V, model.b])

@@ -32,8 +32,53 @@ import numpy as np
 from .. import backend
 from ..distributions import Bernoulli
 from ..nn import _init_uniform
-from ..tensor import Tensor, _sigmoid, concatenate, cumsum, sigmoid
+from ..tensor import Tensor, _make, _sigmoid, concatenate, cumsum
 from .base import AutoregressiveModel, check_count
+
+
+def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor) -> Tensor:
+    """The whole NADE pass as one autograd node: x (N, D) -> logits (N, D).
+
+    a_i = c + sum_{j<i} W[:, j] x_j,  h_i = sigmoid(a_i),  l_i = b_i + V_i . h_i.
+
+    The same function as composing `cumsum`, `sigmoid`, `mul` and `sum` (as `pre_activations`
+    does; tests/test_nade.py checks values and every gradient), but the (N, D, H) pre-activations are built and summed in one buffer, and the backward
+    needs two more such arrays instead of a dozen: at N*D*H = 39M values (MNIST, H = 500,
+    batch 100) each one is 157 MB, and it is their traffic that sets NADE's speed.
+
+    Backward, with g_i = dL/dl_i V_i h_i (1 - h_i) and G_i = sum_{k>=i} g_k (a reversed
+    running sum): dL/dc = sum_n G_1, dL/dW[:, j] = sum_n x_j G_{j+1}, dL/dx_j = W[:, j] . G_{j+1}.
+    """
+    xp = backend.array_module(W.data)
+    xd, wt = x.data, W.data.T  # wt[j] = W[:, j]
+    n, d = xd.shape
+    a = xp.empty((n, d, W.shape[0]), W.dtype)
+    a[:, 0] = c.data
+    xp.multiply(xd[:, :-1, None], wt[None, :-1], out=a[:, 1:])
+    xp.cumsum(a, axis=1, out=a)
+    h = _sigmoid(xp, a)
+    del a
+    # l_i = V_i . h_i for every i: one small product per variable, batched over i
+    logits = xp.matmul(h.transpose(1, 0, 2), V.data[:, :, None])[:, :, 0].T + b.data
+
+    def backward(gl):
+        gv = xp.matmul(gl.T[:, None, :], h.transpose(1, 0, 2))[:, 0, :]
+        g = gl[:, :, None] * V.data
+        t = 1.0 - h
+        t *= h
+        g *= t
+        del t
+        G = xp.flip(xp.cumsum(xp.flip(g, axis=1), axis=1), axis=1)  # G_i = sum_{k>=i} g_k
+        del g
+        later = G[:, 1:].transpose(1, 0, 2)  # (D-1, N, H): G_{j+1} for j < D-1
+        gw = xp.zeros(W.shape, W.dtype)
+        gw[:, :-1] = xp.matmul(xd.T[:-1, None, :], later)[:, 0, :].T  # x_D feeds nothing
+        gx = None
+        if x.requires_grad:
+            gx = xp.zeros_like(xd)
+            gx[:, :-1] = xp.matmul(later, wt[:-1, :, None])[:, :, 0].T
+        return gx, gw, G[:, 0].sum(axis=0), gv, gl.sum(axis=0)
+    return _make(xp.ascontiguousarray(logits), (x, W, c, V, b), backward, "nade_logits")
 
 
 class NADE(AutoregressiveModel):
@@ -86,8 +131,7 @@ class NADE(AutoregressiveModel):
         return self._logits(self._input(x))
 
     def _logits(self, xt: Tensor) -> Tensor:
-        h = sigmoid(self._pre_activations(xt))  # (N, D, H): h_i in row i
-        return (h * self.V).sum(axis=-1) + self.b  # row-wise V_i . h_i
+        return nade_logits(xt, self.W, self.c, self.V, self.b)
 
     def log_prob_per_variable(self, x) -> Tensor:
         """log p(x_i | x_<i) = x_i l_i - softplus(l_i): (N, D) -> Tensor (N, D)."""
