@@ -28,7 +28,7 @@ from nanoar.checkpoint import rng_from_state, rng_state
 from nanoar.models import build_model
 from nanoar.models.lstm import LSTMState
 from nanoar.optim import AdamW, clip_grad_norm
-from nanoar.training import (JsonLog, NonFiniteLoss, StopRequested, check_finite, load_run, progress,
+from nanoar.training import (JsonLog, add_run_arguments, NonFiniteLoss, StopRequested, check_finite, load_run, progress,
                              save_run, select_device)
 
 CHAR_MODELS = ("wavenet", "lstm", "transformer")
@@ -58,11 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--residual-channels", type=int, default=64, help="WaveNet residual channels")
     p.add_argument("--dilations", default="1,2,4,8,16,32", help="WaveNet dilations of one stack")
     p.add_argument("--stacks", type=int, default=2, help="WaveNet stacks of the dilations")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--out", default=None, help="run folder (default runs/chars-<model>)")
-    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
-                   help="continue a run (default: <out>/last.npz)")
+    add_run_arguments(p, "runs/chars-<model>")
     # sampling
     p.add_argument("--sample", metavar="CHECKPOINT", help="print a sample from a checkpoint and exit")
     p.add_argument("--prompt", default="\n", help="text the sample starts with")

@@ -27,7 +27,7 @@ from nanoar import backend, data, no_grad
 from nanoar.checkpoint import rng_from_state, rng_state
 from nanoar.models import build_model
 from nanoar.optim import Adam, clip_grad_norm
-from nanoar.training import (JsonLog, NonFiniteLoss, StopRequested, check_finite, load_run, progress,
+from nanoar.training import (JsonLog, add_run_arguments, NonFiniteLoss, StopRequested, check_finite, load_run, progress,
                              save_run, select_device)
 
 IMAGE_MODELS = ("fvsbn", "nade", "made", "pixelcnn", "gated-pixelcnn")
@@ -53,11 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip", type=float, default=1000.0, help="max gradient L2 norm")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cut epochs short (quick runs, tests)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
-    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
-                   help="continue a run (default: <out>/last.npz)")
+    add_run_arguments(p, "runs/<model>")
     p.add_argument("--eval", metavar="CHECKPOINT", help="print the test NLL of a checkpoint and exit")
     p.add_argument("--sample", metavar="CHECKPOINT", help="write a sample grid of a checkpoint and exit")
     p.add_argument("--n-samples", type=int, default=64)

@@ -21,6 +21,15 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .models import build_model, model_name
 
 
+def add_run_arguments(parser, default_out: str) -> None:
+    """The flags both scripts share: --seed, --device, --out, --resume."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", default=None, help=f"run folder (default {default_out})")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                        help="continue a run (default: <out>/last.npz)")
+
+
 def save_run(path, model, optimizer=None, **meta) -> None:
     """Write model (+ optimiser) state and `meta` to `path`, atomically."""
     arrays = {f"model.{k}": backend.to_numpy(v) for k, v in model.state_dict().items()}

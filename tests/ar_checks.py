@@ -134,3 +134,22 @@ def assert_param_grads(model, loss_fn, n_checks=6, eps=1e-6, rtol=1e-4, atol=1e-
             flat[j] = old
             num = (up - down) / (2 * eps)
             assert abs(g[j] - num) <= atol + rtol * abs(num), f"{name}[{j}]: analytic {g[j]:.8g}, numeric {num:.8g}"
+
+
+def assert_refuses_bad_sequences(model):
+    """A sequence model over 3 classes: ids out of range, fractional ids, the wrong number of
+    axes and non-numbers each get a clear error."""
+    import pytest  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        model.log_prob(np.array([[0, 1, 3]]))  # (a BOS id is not data either)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        model.log_prob(np.array([[0, -1, 2]]))
+    with pytest.raises(ValueError, match="integers"):
+        model.log_prob(np.array([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match=r"\(N, T\)"):
+        model.log_prob(np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"\(N, T\)"):
+        model.log_prob(np.zeros((2, 3, 1), int))
+    with pytest.raises(TypeError):
+        model.log_prob(np.array([["a", "b"]]))
