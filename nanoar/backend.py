@@ -74,12 +74,13 @@ def xp():
 
 def array_module(a):
     """The array module an array belongs to (numpy for anything that is not a CuPy array)."""
-    return _state["xp"] if is_device_array(a) else np
+    return sys.modules["cupy"] if is_device_array(a) else np
 
 
 def is_device_array(a) -> bool:
-    """True for a CuPy array, decided without importing CuPy when it is not in use."""
-    return type(a).__module__.startswith("cupy")
+    """True for a CuPy array. Never imports CuPy: if it is not imported, nothing is its array."""
+    cupy_ndarray = getattr(sys.modules.get("cupy"), "ndarray", None)
+    return cupy_ndarray is not None and isinstance(a, cupy_ndarray)
 
 
 def check_same_device(a, where: str = "") -> None:
@@ -93,18 +94,25 @@ def check_same_device(a, where: str = "") -> None:
         )
 
 
+def _array_of(a):
+    """The array inside a Tensor; anything else as it is. (A CuPy array's own `.data` is a
+    memory pointer, so `getattr(a, "data", a)` would be wrong here.)"""
+    from nanoar.tensor import Tensor  # noqa: PLC0415  (tensor imports this module)
+
+    return a.data if isinstance(a, Tensor) else a
+
+
 def to_numpy(a) -> np.ndarray:
     """A copy of an array (or Tensor) on the host, as a NumPy array (never a view of it)."""
-    a = getattr(a, "data", a)
+    a = _array_of(a)
     if is_device_array(a):
         return a.get()
     return np.array(a, copy=True)
 
 
 def to_device(a):
-    """Explicit copy of a host array to the current device (a no-op on 'cpu')."""
-    a = getattr(a, "data", a)
-    return _state["xp"].asarray(a)
+    """Explicit copy of a host array (or Tensor) to the current device (a no-op on 'cpu')."""
+    return _state["xp"].asarray(_array_of(a))
 
 
 # ----------------------------------------------------------------------------- dtype
@@ -173,6 +181,14 @@ def as_strided(a, shape, strides):
     if is_device_array(a):
         return _state["xp"].lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
     return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
+
+
+def value_range(a) -> tuple:
+    """(min, max) of a non-empty array as Python numbers, with one device-to-host sync on
+    the GPU (for range checks: CuPy's indexing does not raise on out-of-range ids)."""
+    xp = array_module(a)
+    lo, hi = xp.stack((a.min(), a.max())).tolist()
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------- host memory

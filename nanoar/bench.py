@@ -144,7 +144,18 @@ def run_workload(name: str, steps: int) -> dict:
     return {"name": name, "impl": "nanoar", "device": backend.get_device(), "ms_median": round(med, 3),
             "ms_min": round(float(ms.min()), 3), "ms_max": round(float(ms.max()), 3),
             "items_per_s": round(items / (med / 1000.0), 1), "peak_rss_mib": round(_peak_rss_mib(), 1),
-            **extra, **_blas()}
+            **extra, **_blas(), **_gpu()}
+
+
+def _gpu() -> dict:
+    """On 'cuda': the CuPy version, the GPU, and the memory CuPy's pool holds at the end of
+    the run (the pool keeps freed blocks, so this is about the peak device footprint)."""
+    if backend.get_device() != "cuda":
+        return {}
+    cupy = backend.xp()
+    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    return {"cupy": cupy.__version__, "gpu": name.decode() if isinstance(name, bytes) else name,
+            "gpu_pool_mib": round(cupy.get_default_memory_pool().total_bytes() / 2**20, 1)}
 
 
 def _blas() -> dict:

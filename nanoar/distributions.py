@@ -24,7 +24,7 @@ class Bernoulli:
 
     def log_prob(self, x) -> Tensor:
         """log p(x) = x l - softplus(l), exact at |l| = 1e4."""
-        return bernoulli_log_prob(self.logits, getattr(x, "data", x))
+        return bernoulli_log_prob(self.logits, x.data if isinstance(x, Tensor) else x)
 
     def sample(self, rng=None):
         """0/1 array in the logits' dtype: u < sigmoid(l) with u ~ U[0, 1)."""
@@ -43,12 +43,13 @@ class Categorical:
     def probs(self):
         return softmax(self.logits, self.axis).data
 
-    def log_prob(self, x) -> Tensor:
-        """log p(x) = log_softmax(logits)[x], the class picked along `axis`."""
-        x = getattr(x, "data", x)
+    def log_prob(self, x, check: bool = True) -> Tensor:
+        """log p(x) = log_softmax(logits)[x], the class picked along `axis`. check=False
+        skips the range check of x (already checked: it costs a GPU sync)."""
+        x = x.data if isinstance(x, Tensor) else x
         xp = backend.array_module(self.logits.data)
         idx = xp.expand_dims(x, self.axis)
-        lp = gather(log_softmax(self.logits, self.axis), idx, self.axis)
+        lp = gather(log_softmax(self.logits, self.axis), idx, self.axis, check)
         return lp.reshape(x.shape)
 
     def sample(self, rng=None, temperature: float = 1.0, top_k: int = 0):

@@ -232,8 +232,8 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, dim: int, std: float = 1.0):
         self.weight = _init_normal((num_embeddings, dim), std)
 
-    def forward(self, ids):
-        return embedding(self.weight, ids)
+    def forward(self, ids, check: bool = True):
+        return embedding(self.weight, ids, check)
 
 
 class LayerNorm(Module):

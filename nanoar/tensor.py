@@ -721,16 +721,27 @@ def getitem(x, index) -> Tensor:
     return _make(y, (x,), backward, "getitem")
 
 
-def gather(x, index, axis=-1) -> Tensor:
+def _check_ids(ids, k: int, what: str) -> None:
+    """Refuse ids outside [0, k): CuPy would wrap them silently. Costs one GPU sync, so
+    callers whose ids are already checked (a model after check_data, a sampler's own draws)
+    pass check=False."""
+    if ids.size:
+        lo, hi = backend.value_range(ids)
+        if lo < 0 or hi >= k:
+            raise IndexError(f"{what} must lie in [0, {k}), got range [{lo}, {hi}]")
+
+
+def gather(x, index, axis=-1, check: bool = True) -> Tensor:
     """y = take_along_axis(x, index, axis): pick entries along `axis` (e.g. a class's logit).
 
     x: (..., K, ...), index: int array broadcastable with x except along `axis`.
+    check=False skips the range check of index (see `_check_ids`).
     """
     xp = backend.array_module(x.data)
     backend.check_same_device(index, "gather(): ")
     k = x.shape[axis]
-    if index.size and (int(index.min()) < 0 or int(index.max()) >= k):
-        raise IndexError(f"gather: index values must lie in [0, {k}), got range [{int(index.min())}, {int(index.max())}]")
+    if check:
+        _check_ids(index, k, "gather: index values")
     y = xp.take_along_axis(x.data, index, axis=axis)
 
     def backward(gy):
@@ -794,16 +805,17 @@ def split(x, sections, axis=0) -> list:
     return [getitem(x, lead + (slice(lo, hi),)) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def embedding(weight, ids) -> Tensor:
-    """y = weight[ids]: look up rows. weight: (V, D), ids: int array (...) -> y: (..., D)."""
+def embedding(weight, ids, check: bool = True) -> Tensor:
+    """y = weight[ids]: look up rows. weight: (V, D), ids: int array (...) -> y: (..., D).
+    check=False skips the range check of ids (see `_check_ids`)."""
     xp = backend.array_module(weight.data)
     ids = ids.data if isinstance(ids, Tensor) else ids
     backend.check_same_device(ids, "embedding(): ")
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     v = weight.shape[0]
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= v):
-        raise IndexError(f"embedding: ids must lie in [0, {v}), got range [{int(ids.min())}, {int(ids.max())}]")
+    if check:
+        _check_ids(ids, v, "embedding: ids")
     y = weight.data[ids]
 
     def backward(gy):

@@ -1,9 +1,11 @@
 """Shared fixtures: the device parameter (CuPy variants skip with a reason) and
 hypothesis profiles ('ci', the default, and 'thorough' for long local runs:
 `HYPOTHESIS_PROFILE=thorough pytest`)."""
+import contextlib
 import importlib.util
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -32,19 +34,95 @@ def _cuda_skip_reason():
     return None
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def device(request):
-    """Run the test on each device; the default dtype and seed are reset around it."""
-    if request.param == "cuda":
+STANDIN = pathlib.Path(__file__).resolve().parent / "cupy_standin"
+_standin_modules = {}
+
+
+def _is_cupy_module(name):
+    return name in ("cupy", "cupyx") or name.startswith(("cupy.", "cupyx."))
+
+
+@contextlib.contextmanager
+def cupy_standin():
+    """`import cupy` gives the CPU stand-in (tests/cupy_standin: CuPy's rules on NumPy
+    storage) inside the block; whatever CuPy was imported before comes back after."""
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if _is_cupy_module(k)}
+    if not _standin_modules:
+        sys.path.insert(0, str(STANDIN))
+        try:
+            import cupy  # noqa: F401
+            import cupyx  # noqa: F401
+        finally:
+            sys.path.remove(str(STANDIN))
+        _standin_modules.update({k: v for k, v in sys.modules.items() if _is_cupy_module(k)})
+    sys.modules.update(_standin_modules)
+    try:
+        yield sys.modules["cupy"]
+    finally:
+        for k in [k for k in sys.modules if _is_cupy_module(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+@contextlib.contextmanager
+def _on_cuda(kind):
+    """The backend on 'cuda' for a block: kind 'gpu' (real CuPy, skips without one) or
+    'standin' (the CPU stand-in of CuPy, runs everywhere)."""
+    if kind == "gpu":
         reason = _cuda_skip_reason()
         if reason:
             pytest.skip(reason)
-    nanoar.set_device(request.param, seed=0)
-    try:
-        yield request.param
-    finally:
-        nanoar.set_device("cpu", seed=0)
-        nanoar.set_default_dtype("float32")
+        import cupy
+
+        yield cupy
+    else:
+        with cupy_standin() as cupy:
+            yield cupy
+
+
+@pytest.fixture(params=["cpu", "cuda", "cupy-standin"])
+def device(request):
+    """Run the test on each device: NumPy, CuPy on a GPU (skipped, with the reason, where
+    there is none), and CuPy's rules on the CPU stand-in (the backend's device is 'cuda'
+    for both). The default dtype and seed are reset around it."""
+    kind = {"cuda": "gpu", "cupy-standin": "standin"}.get(request.param)
+    with contextlib.ExitStack() as stack:
+        if kind:
+            stack.enter_context(_on_cuda(kind))
+        device = "cpu" if kind is None else "cuda"
+        nanoar.set_device(device, seed=0)
+        try:
+            yield device
+        finally:
+            nanoar.set_device("cpu", seed=0)
+            nanoar.set_default_dtype("float32")
+
+
+@pytest.fixture(params=["cpu", "cuda", "cupy-standin"])
+def script_device(request):
+    """The `--device` value for a script run on each device (as `device`, but the script
+    switches the backend itself); the backend is back on 'cpu' afterwards."""
+    kind = {"cuda": "gpu", "cupy-standin": "standin"}.get(request.param)
+    with contextlib.ExitStack() as stack:
+        if kind:
+            stack.enter_context(_on_cuda(kind))
+        try:
+            yield "cpu" if kind is None else "cuda"
+        finally:
+            nanoar.set_device("cpu", seed=0)
+            nanoar.set_default_dtype("float32")
+
+
+@pytest.fixture(params=["gpu", "cupy-standin"])
+def cuda(request):
+    """The `cupy` module, real (skips without a GPU) or the stand-in; the test switches the
+    device itself and the fixture puts it back to 'cpu' afterwards."""
+    with _on_cuda("gpu" if request.param == "gpu" else "standin") as cupy:
+        try:
+            yield cupy
+        finally:
+            nanoar.set_device("cpu", seed=0)
+            nanoar.set_default_dtype("float32")
 
 
 @pytest.fixture

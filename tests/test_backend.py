@@ -17,6 +17,8 @@ import nanoar
 from nanoar import Tensor, backend
 from nanoar.backend import DeviceError
 
+from conftest import STANDIN, cupy_standin
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -28,30 +30,11 @@ def back_to_cpu():
     nanoar.set_default_dtype("float32")
 
 
-@pytest.fixture
-def cuda():
-    from conftest import _cuda_skip_reason
-
-    reason = _cuda_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    import cupy
-
-    return cupy
-
-
 def fake_cupy(get_device_count):
     """A module that imports as `cupy` but has no usable GPU."""
     m = types.ModuleType("cupy")
     m.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
     return m
-
-
-class FakeCupyArray:
-    """Looks like a CuPy array to `is_device_array` (its type lives in a 'cupy' module)."""
-
-    __module__ = "cupy._core.core"
-    shape, dtype, ndim, size = (3,), np.dtype(np.float32), 1, 3
 
 
 # ----------------------------------------------------------------------------- set_device
@@ -125,13 +108,14 @@ def test_to_numpy_and_to_device_on_cpu():
 
 
 def test_mixing_arrays_across_devices_is_refused_without_a_gpu(monkeypatch):
-    """Both directions, simulated: a host array while the device is 'cuda', and an array that
-    claims to be CuPy's on 'cpu'."""
+    """Both directions: a device array (the stand-in's) on 'cpu', and a host array while the
+    device is 'cuda'; the error says how to move it."""
     backend.check_same_device(np.ones(2))  # fine on cpu
-    with pytest.raises(DeviceError, match="CuPy"):
-        Tensor(FakeCupyArray())
-    with pytest.raises(DeviceError, match="CuPy"):
-        Tensor([1.0, 2.0, 3.0]) + FakeCupyArray()
+    with cupy_standin() as cupy:
+        with pytest.raises(DeviceError, match="CuPy"):
+            Tensor(cupy.ones(3))
+        with pytest.raises(DeviceError, match="CuPy"):
+            Tensor([1.0, 2.0, 3.0]) + cupy.ones(3)
     monkeypatch.setitem(backend._state, "device", "cuda")
     with pytest.raises(DeviceError) as e:
         backend.check_same_device(np.ones(2), "here: ")
@@ -191,9 +175,13 @@ def test_cuda_refuses_numpy_arrays_and_cpu_refuses_cupy_arrays(cuda):
 
 
 # ----------------------------------------------------------------------------- NANOAR_DEVICE
-def _python(code, device=None, block_cupy=False):
+def _python(code, device=None, block_cupy=False, cupy=None):
+    """Run `code` in a fresh interpreter; with `cupy` the stand-in module, its folder goes
+    first on PYTHONPATH so that the child imports it too."""
     env = {k: v for k, v in os.environ.items() if k != "NANOAR_DEVICE"}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    if getattr(cupy, "STANDIN", False):
+        env["PYTHONPATH"] = str(STANDIN) + os.pathsep + env["PYTHONPATH"]
     if device is not None:
         env["NANOAR_DEVICE"] = device
     prelude = "import sys; sys.modules['cupy'] = None\n" if block_cupy else ""
@@ -214,6 +202,7 @@ def test_nanoar_device_env_var():
 
 
 def test_nanoar_device_env_var_selects_cuda(cuda):
-    r = _python("import nanoar; print(nanoar.get_device(), type(nanoar.Tensor([1.0]).data).__module__)", "cuda")
+    r = _python("import nanoar; print(nanoar.get_device(), type(nanoar.Tensor([1.0]).data).__module__)", "cuda",
+                cupy=cuda)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "cuda" and r.stdout.split()[1].startswith("cupy")

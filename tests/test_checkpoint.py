@@ -15,6 +15,8 @@ from hypothesis.extra import numpy as hnp
 from nanoar import checkpoint as ckpt
 from nanoar.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
+from conftest import cupy_standin
+
 
 def _arrays():
     return {
@@ -183,17 +185,10 @@ def test_plain_npz_is_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "one.npy")
 
 
-class _FakeCupyArray:
-    __module__ = "cupy"
-
-    def __array__(self, dtype=None, copy=None):
-        return np.zeros(2)
-
-
 def test_non_numpy_arrays_rejected(tmp_path):
     path = tmp_path / "c.npz"
-    with pytest.raises(TypeError, match="cupy.asnumpy"):
-        save_checkpoint(path, {"w": _FakeCupyArray()}, {})
+    with cupy_standin() as cupy, pytest.raises(TypeError, match="cupy.asnumpy"):
+        save_checkpoint(path, {"w": cupy.zeros(2)}, {})
     with pytest.raises(TypeError, match="'w' is builtins.list"):
         save_checkpoint(path, {"w": [1.0, 2.0]}, {})
     with pytest.raises(TypeError, match="object"):

@@ -45,16 +45,16 @@ def read_log(out):
         return [json.loads(line) for line in f]
 
 
-def common(model, text_file, out, iters=20):
-    return ["--model", model, *SMALL[model], "--data", text_file, "--context", 16, "--batch-size", 4,
+def common(model, text_file, out, iters=20, device="cpu"):
+    return ["--device", device, "--model", model, *SMALL[model], "--data", text_file, "--context", 16, "--batch-size", 4,
             "--max-iters", iters, "--eval-interval", 10, "--warmup", 2, "--lr", 3e-3, "--out", out,
             "--length", 20, "--quiet"]
 
 
 @pytest.mark.parametrize("model", ["wavenet", "lstm", "transformer"])
-def test_train_evaluate_sample(model, text_file, tmp_path, capsys):
+def test_train_evaluate_sample(model, text_file, tmp_path, capsys, script_device):
     out = tmp_path / model
-    run(common(model, text_file, out, iters=40))
+    run(common(model, text_file, out, iters=40, device=script_device))
     text = capsys.readouterr().out
     assert "nats/char" in text and "bits/char" in text and "--- sample" in text
     log = read_log(out)
@@ -67,16 +67,16 @@ def test_train_evaluate_sample(model, text_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model", ["lstm", "transformer"])
-def test_resume_continues_the_same_run(model, text_file, tmp_path, monkeypatch, stop_after):
-    run(common(model, text_file, tmp_path / "straight"))
+def test_resume_continues_the_same_run(model, text_file, tmp_path, monkeypatch, stop_after, script_device):
+    run(common(model, text_file, tmp_path / "straight", device=script_device))
 
     monkeypatch.setattr(train_chars, "StopRequested", stop_after(7))
     out = tmp_path / "interrupted"
-    run(common(model, text_file, out))
+    run(common(model, text_file, out, device=script_device))
     _, meta = load_checkpoint(out / "last.npz")
     assert meta["loop"]["iter"] == 7
     monkeypatch.setattr(train_chars, "StopRequested", training.StopRequested)
-    run(common(model, text_file, out) + ["--resume"])
+    run(common(model, text_file, out, device=script_device) + ["--resume"])
     a = {r["iter"]: r for r in read_log(tmp_path / "straight")}
     b = {r["iter"]: r for r in read_log(out)}
     assert a[20]["valid_nats_per_char"] == pytest.approx(b[20]["valid_nats_per_char"], rel=1e-5)
@@ -86,12 +86,12 @@ def test_resume_continues_the_same_run(model, text_file, tmp_path, monkeypatch, 
         np.testing.assert_allclose(wb[k], wa[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-def test_sampling_a_checkpoint_is_deterministic_and_checks_the_prompt(text_file, tmp_path, capsys):
+def test_sampling_a_checkpoint_is_deterministic_and_checks_the_prompt(text_file, tmp_path, capsys, script_device):
     out = tmp_path / "run"
-    run(common("transformer", text_file, out, iters=10))
+    run(common("transformer", text_file, out, iters=10, device=script_device))
     capsys.readouterr()
     ckpt = out / "best.npz"
-    args = ["--sample", ckpt, "--prompt", "All:", "--length", 30, "--temperature", 0.8, "--seed", 3]
+    args = ["--device", script_device, "--sample", ckpt, "--prompt", "All:", "--length", 30, "--temperature", 0.8, "--seed", 3]
     run(args)
     first = capsys.readouterr().out
     run(args)

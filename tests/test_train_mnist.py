@@ -49,9 +49,9 @@ def read_log(out):
 
 
 @pytest.mark.parametrize("model", ["fvsbn", "made", "nade", "pixelcnn", "gated-pixelcnn"])
-def test_each_model_trains_evaluates_and_samples(model, idx_folder, tmp_path, capsys):
+def test_each_model_trains_evaluates_and_samples(model, idx_folder, tmp_path, capsys, script_device):
     out = tmp_path / model
-    run(["--model", model, "--dataset", idx_folder, "--epochs", 1, "--batch-size", 20, "--hidden", 16,
+    run(["--device", script_device, "--model", model, "--dataset", idx_folder, "--epochs", 1, "--batch-size", 20, "--hidden", 16,
          "--hidden-sizes", "32", "--channels", 8, "--layers", 1, "--n-samples", 4, "--out", out, "--quiet"])
     text = capsys.readouterr().out
     assert "uniform over {0,1}^64: 44.4 nats" in text
@@ -65,8 +65,9 @@ def test_each_model_trains_evaluates_and_samples(model, idx_folder, tmp_path, ca
         assert (out / name).exists(), name
 
 
-def test_resume_gives_the_same_run_as_no_interruption(idx_folder, tmp_path, monkeypatch, stop_after):
-    common = ["--model", "made", "--dataset", idx_folder, "--binarization", "dynamic", "--epochs", 2,
+def test_resume_gives_the_same_run_as_no_interruption(idx_folder, tmp_path, monkeypatch, stop_after,
+                                                      script_device):
+    common = ["--device", script_device, "--model", "made", "--dataset", idx_folder, "--binarization", "dynamic", "--epochs", 2,
               "--batch-size", 20, "--hidden-sizes", "24,24", "--n-samples", 2, "--quiet"]
     run(common + ["--out", tmp_path / "straight"])
 
@@ -106,17 +107,17 @@ def test_unknown_dataset_is_a_usage_error(tmp_path, capsys):
     assert "neither one of mnist" in capsys.readouterr().err
 
 
-def test_eval_and_sample_a_checkpoint(idx_folder, tmp_path, capsys):
+def test_eval_and_sample_a_checkpoint(idx_folder, tmp_path, capsys, script_device):
     out = tmp_path / "run"
-    run(["--model", "fvsbn", "--dataset", idx_folder, "--epochs", 1, "--batch-size", 20, "--out", out,
+    run(["--device", script_device, "--model", "fvsbn", "--dataset", idx_folder, "--epochs", 1, "--batch-size", 20, "--out", out,
          "--n-samples", 4, "--quiet"])
     test_nll = read_log(out)[-1]["test_nll"]
     capsys.readouterr()
-    run(["--eval", out / "best.npz"])
+    run(["--device", script_device, "--eval", out / "best.npz"])
     text = capsys.readouterr().out
     assert f"{test_nll:.2f} nats" in text
     os.remove(out / "samples.png")
-    run(["--sample", out / "best.npz", "--n-samples", 9])
+    run(["--device", script_device, "--sample", out / "best.npz", "--n-samples", 9])
     assert (out / "samples.png").exists()
 
 

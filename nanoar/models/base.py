@@ -78,8 +78,9 @@ class AutoregressiveModel(Module):
                 a = a.astype(xp.int64)
             elif a.dtype.kind not in "iu":
                 raise TypeError(f"{name}: class ids must be integers, got dtype {a.dtype}")
-            if a.size and (int(a.min()) < 0 or int(a.max()) >= self.n_classes):
-                raise ValueError(f"{name}: class ids must lie in [0, {self.n_classes}), got range [{int(a.min())}, {int(a.max())}]")
+            lo, hi = backend.value_range(a) if a.size else (0, 0)
+            if lo < 0 or hi >= self.n_classes:
+                raise ValueError(f"{name}: class ids must lie in [0, {self.n_classes}), got range [{lo}, {hi}]")
         else:
             if a.dtype.kind not in "iuf":
                 raise TypeError(f"{name}: real data must be numeric, got dtype {a.dtype}")

@@ -192,8 +192,8 @@ class CharLSTM(AutoregressiveModel):
         """
         a = self.check_data(x)
         state = self._check_state(state, a.shape[0])
-        seq, hs, cs = self._run(self.embed(self._inputs(a, state)), state)
-        lp = Categorical(self.head(seq)).log_prob(a)
+        seq, hs, cs = self._run(self.embed(self._inputs(a, state), check=False), state)
+        lp = Categorical(self.head(seq)).log_prob(a, check=False)
         final = LSTMState(tuple(hs), tuple(cs), a[:, -1].astype(state.last.dtype))
         return lp, final
 
@@ -209,7 +209,7 @@ class CharLSTM(AutoregressiveModel):
         embedding is put in front and e[:, -1] dropped inside, so logits[:, t] sees e[:, :t]."""
         e = e if isinstance(e, Tensor) else Tensor(e)
         n = e.shape[0]
-        bos = self.embed(backend.xp().full((n, 1), self.bos, backend.xp().int64))
+        bos = self.embed(backend.xp().full((n, 1), self.bos, backend.xp().int64), check=False)
         seq, _, _ = self._run(concatenate([bos, e[:, :-1]], axis=1), self.initial_state(n))
         return self.head(seq)
 
@@ -248,7 +248,7 @@ class CharLSTM(AutoregressiveModel):
                     logits, state = self.step(state)
                 else:
                     lp_in = out[:, :t + 1]  # out[:, t] is a placeholder: only x_<t is read
-                    seq, _, _ = self._run(self.embed(self._inputs(lp_in, state)), state)
+                    seq, _, _ = self._run(self.embed(self._inputs(lp_in, state), check=False), state)
                     logits = self.head(seq[:, -1]).data
                 out[:, t] = sample_categorical(logits, rng, temperature, top_k)
                 if method == "fast":

@@ -217,9 +217,10 @@ class CharTransformer(AutoregressiveModel):
             logits = self.head(y)
         return logits.reshape(n, t, self.n_classes)
 
-    def window_logits(self, ids) -> Tensor:
-        """Input ids (N, T <= context), position 0 first (BOS or a window's BOS) -> (N, T, K)."""
-        return self._logits_from_embeddings(self.tok(ids))
+    def window_logits(self, ids, check: bool = True) -> Tensor:
+        """Input ids (N, T <= context), position 0 first (BOS or a window's BOS) -> (N, T, K).
+        check=False: the ids are already checked (skips a GPU sync)."""
+        return self._logits_from_embeddings(self.tok(ids, check))
 
     def _with_bos(self, a):
         xp = backend.array_module(a)
@@ -227,10 +228,13 @@ class CharTransformer(AutoregressiveModel):
 
     def logits(self, x) -> Tensor:
         """ids (N, T) -> logits (N, T, K) of p(x_t | x_<t) (sliding window past context)."""
-        a = self.check_data(x)
+        return self._logits(self.check_data(x))
+
+    def _logits(self, a) -> Tensor:
+        """`logits` of checked ids a."""
         n, t = a.shape
         c = self.context
-        first = self.window_logits(self._with_bos(a[:, :min(t, c) - 1]))
+        first = self.window_logits(self._with_bos(a[:, :min(t, c) - 1]), check=False)
         if t <= c:
             return first
         xp = backend.array_module(a)
@@ -238,7 +242,7 @@ class CharTransformer(AutoregressiveModel):
         # output is the conditional of x_{t'}. Windows are batched, but each is a full pass.
         starts = xp.arange(1, t - c + 1)[:, None] + xp.arange(c - 1)[None, :]     # (T - c, c - 1)
         win = a[:, starts].reshape(-1, c - 1)                                        # (N (T - c), c - 1)
-        rest = self.window_logits(self._with_bos(win))[:, -1].reshape(n, t - c, -1)
+        rest = self.window_logits(self._with_bos(win), check=False)[:, -1].reshape(n, t - c, -1)
         return concatenate([first, rest], axis=1)
 
     def forward_from_inputs(self, e) -> Tensor:
@@ -248,13 +252,13 @@ class CharTransformer(AutoregressiveModel):
         e = e if isinstance(e, Tensor) else Tensor(e)
         n = e.shape[0]
         xp = backend.xp()
-        bos = self.tok(xp.full((n, 1), self.bos, xp.int64))
+        bos = self.tok(xp.full((n, 1), self.bos, xp.int64), check=False)
         return self._logits_from_embeddings(concatenate([bos, e[:, :-1]], axis=1))
 
     def log_prob_per_variable(self, x) -> Tensor:
         """log p(x_t | x_<t): ids (N, T) -> Tensor (N, T)."""
         a = self.check_data(x)
-        return Categorical(self.logits(a)).log_prob(a)
+        return Categorical(self._logits(a)).log_prob(a, check=False)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, seed=None, length: int | None = None, temperature: float = 1.0,
@@ -277,17 +281,17 @@ class CharTransformer(AutoregressiveModel):
             if method == "fast" and p > 1:
                 # the prompt's positions 0, ..., m - 1 (inputs BOS, x_0, ..., x_{m-2}) in one pass
                 start = min(p, c)
-                self._logits_from_embeddings(self.tok(self._with_bos(out[:, :start - 1])), caches, pos=0)
+                self._logits_from_embeddings(self.tok(self._with_bos(out[:, :start - 1]), check=False), caches, pos=0)
             for t in range(start, length):
                 if t < p and (method == "naive" or t >= c):
                     continue  # a prompt id: nothing to draw, and no cache to fill
                 if method == "fast" and t < c:
                     # one new position t (input x_{t-1}, or BOS) against the cached keys/values
                     ids = xp.full((n, 1), self.bos, xp.int64) if t == 0 else out[:, t - 1:t]
-                    logits = self._logits_from_embeddings(self.tok(ids), caches, pos=t).data[:, -1]
+                    logits = self._logits_from_embeddings(self.tok(ids, check=False), caches, pos=t).data[:, -1]
                 else:
                     # the whole window: BOS and the last min(t, context - 1) ids
-                    logits = self.window_logits(self._with_bos(out[:, max(0, t - c + 1):t])).data[:, -1]
+                    logits = self.window_logits(self._with_bos(out[:, max(0, t - c + 1):t]), check=False).data[:, -1]
                 if t >= p:
                     out[:, t] = sample_categorical(logits, rng, temperature, top_k)
         return out

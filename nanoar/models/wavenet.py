@@ -279,7 +279,7 @@ class WaveNet(AutoregressiveModel):
             back = self.kernel - j                                       # tap j reads x_{t - back}
             idx = xp.full((n, t), self.n_classes, xp.int64)
             idx[:, back:] = a[:, :max(t - back, 0)]
-            look = embedding(table, idx)                                  # (N, T, R_c)
+            look = embedding(table, idx, check=False)                    # (N, T, R_c)
             h = look if h is None else h + look
         return transpose(h + self.causal.bias, (0, 2, 1))
 
@@ -291,7 +291,7 @@ class WaveNet(AutoregressiveModel):
             cols = xp.zeros((n, self.n_classes, length), self.causal.weight.dtype)
             cols[xp.arange(n)[:, None], ids, xp.arange(length)[None, :]] = 1
             return Tensor(cols)
-        return transpose(self.embed(ids), (0, 2, 1))
+        return transpose(self.embed(ids, check=False), (0, 2, 1))
 
     def _shifted(self, features) -> Tensor:
         """Columns f(x_0), ..., f(x_{T-1}) (N, C, T) -> start, f(x_0), ..., f(x_{T-2})."""
@@ -315,7 +315,7 @@ class WaveNet(AutoregressiveModel):
     def log_prob_per_variable(self, x) -> Tensor:
         """log p(x_t | x_<t): ids (N, T) -> Tensor (N, T)."""
         a = self.check_data(x)
-        return Categorical(self.logits(a), axis=1).log_prob(a)
+        return Categorical(self.stack(self.first_layer(a)), axis=1).log_prob(a, check=False)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, seed=None, length: int | None = None, temperature: float = 1.0,
