@@ -753,7 +753,8 @@ def gather(x, index, axis=-1, check: bool = True) -> Tensor:
         if index.shape[axis] == 1:  # one pick per row: no repeats, a plain put is exact
             xp.put_along_axis(gx, idx, gy, axis=axis)
         else:
-            grid = list(xp.indices(gy.shape, sparse=True))
+            # an open grid of indices (NumPy's indices(sparse=True); CuPy's has no sparse)
+            grid = [xp.arange(n).reshape((1,) * i + (n,) + (1,) * (gy.ndim - i - 1)) for i, n in enumerate(gy.shape)]
             grid[ax] = idx
             backend.scatter_add(gx, tuple(grid), gy)
         return (gx,)

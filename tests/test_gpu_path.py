@@ -38,7 +38,10 @@ def test_standin_refuses_what_cupy_refuses(standin):
         np.asarray(a)
     for host_operand in (lambda: a + np.ones(3), lambda: np.ones(3) * a, lambda: standin.exp(np.ones(3)),
                          lambda: standin.add(a, [1.0, 2.0, 3.0]), lambda: standin.concatenate([a, np.ones(2)]),
-                         lambda: a[np.array([0])], lambda: a.__setitem__(Ellipsis, np.ones(3))):
+                         lambda: a[np.array([0])], lambda: a.__setitem__(Ellipsis, np.ones(3)),
+                         # arguments NumPy takes and CuPy does not (CuPy's own signatures)
+                         lambda: standin.indices((2, 2), sparse=True), lambda: standin.exp(a, where=a > 0),
+                         lambda: a.sum(initial=0.0)):
         with pytest.raises(TypeError):
             host_operand()
     g = standin.random.default_rng(0)

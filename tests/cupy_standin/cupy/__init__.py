@@ -13,6 +13,8 @@ underneath. What it does prove is that nanoar's 'cuda' path stays inside what Cu
 - ufuncs and operators refuse host operands (NumPy arrays, lists), as CuPy's do; other
   functions refuse NumPy arrays; only `asarray` / `array` copy host data to the device;
 - reductions and integer indexing give 0-d arrays, never NumPy scalars;
+- calls must fit CuPy's own signatures (`_signatures.py`, generated from CuPy 14.2 by
+  `make_signatures.py`): NumPy's `indices(shape, sparse=True)` works, CuPy's does not;
 - the namespace holds only names CuPy 14.2 has (NumPy's names less `NOT_IN_CUPY`, which
   was listed by comparing `dir(cupy)` with `dir(numpy)`), and `random.default_rng` gives
   a Generator with only CuPy's methods (no `choice`, `normal`, `permutation`, ...);
@@ -28,6 +30,7 @@ Use: put this folder (`tests/cupy_standin`) first on sys.path (or PYTHONPATH); t
 from __future__ import annotations
 
 import builtins as _builtins  # the module's own `bool`, `any`, `sum`... are CuPy's
+import inspect
 import sys
 import types
 
@@ -73,6 +76,28 @@ class MemoryPointer:
 
     def __init__(self, ptr):
         self.ptr = ptr
+
+
+# ----------------------------------------------------------------------------- CuPy's signatures
+def _signature_checker(kind, name):
+    """A function that raises TypeError, as CuPy would, when a call's arguments do not fit
+    CuPy's own signature of `name` (from _signatures.py); None where CuPy has none recorded."""
+    from . import _signatures  # noqa: PLC0415
+
+    params = (_signatures.FUNCTIONS if kind == "function" else _signatures.METHODS).get(name)
+    if params is None:
+        return None
+    scope = {}
+    exec(f"def {name}({params}): pass", scope)  # noqa: S102  (a stub with CuPy's parameters)
+    sig = inspect.signature(scope[name])
+
+    def check(args, kwargs):
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as e:
+            what = f"cupy.{name}" if kind == "function" else f"cupy.ndarray.{name}"
+            raise TypeError(f"{what}() does not take these arguments ({e}); CuPy's signature is ({params})") from None
+    return check
 
 
 # ----------------------------------------------------------------------------- wrapping
@@ -262,8 +287,12 @@ class ndarray:
 
 
 def _method(name, syncs=False):
+    check = _signature_checker("method", name)
+
     def m(self, *args, **kwargs):
         _refuse_host((args, kwargs), f"ndarray.{name}")
+        if check:
+            check(args, kwargs)
         if syncs:
             _sync()
             return getattr(self._a, name)(*_unwrap(args), **_unwrap(kwargs))
@@ -321,6 +350,9 @@ class _Ufunc:
         where = f"cupy.{self.name}.{method}" if method != "__call__" else f"cupy.{self.name}"
         ops = [_operand(a, where) for a in args]
         _refuse_host(kwargs, where)
+        if method == "__call__" and set(kwargs) - {"out", "dtype", "casting"}:
+            raise TypeError(f"{where}: Wrong arguments {sorted(set(kwargs) - {'out', 'dtype', 'casting'})} "
+                            "(CuPy's ufuncs take out, dtype and casting)")
         f = self._u if method == "__call__" else getattr(self._u, method)
         return _wrap(f(*ops, **_unwrap(kwargs)))
 
@@ -344,7 +376,11 @@ class _Ufunc:
 
 
 def _function(name, f):
+    check = _signature_checker("function", name)
+
     def wrapper(*args, **kwargs):
+        if check:
+            check(args, kwargs)
         if name not in _CREATION:
             _refuse_host((args, kwargs), f"cupy.{name}")
             return _wrap(f(*_unwrap(args), **_unwrap(kwargs)))
