@@ -749,13 +749,13 @@ def gather(x, index, axis=-1, check: bool = True) -> Tensor:
         # (the engine sums the broadcast axes back to x's shape).
         ax = axis % x.ndim
         gx = xp.zeros(gy.shape[:ax] + (k,) + gy.shape[ax + 1:], gy.dtype)
-        idx = xp.broadcast_to(index, gy.shape)
+        # an open grid of indices with `index` on `axis` (NumPy's indices(sparse=True), which
+        # CuPy lacks; so is put_along_axis before CuPy 14)
+        grid = [xp.arange(n).reshape((1,) * i + (n,) + (1,) * (gy.ndim - i - 1)) for i, n in enumerate(gy.shape)]
+        grid[ax] = xp.broadcast_to(index, gy.shape)
         if index.shape[axis] == 1:  # one pick per row: no repeats, a plain put is exact
-            xp.put_along_axis(gx, idx, gy, axis=axis)
+            gx[tuple(grid)] = gy
         else:
-            # an open grid of indices (NumPy's indices(sparse=True); CuPy's has no sparse)
-            grid = [xp.arange(n).reshape((1,) * i + (n,) + (1,) * (gy.ndim - i - 1)) for i, n in enumerate(gy.shape)]
-            grid[ax] = idx
             backend.scatter_add(gx, tuple(grid), gy)
         return (gx,)
     return _make(y, (x,), backward, "gather")
