@@ -1,6 +1,9 @@
 """Optimisers against their textbook formulas; clipping; state round trip."""
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import nanoar
 from nanoar.nn import Parameter
@@ -84,3 +87,70 @@ def test_state_dict_round_trip_resumes_identically(float64):
             o.step()
     for p, q in zip(a, b):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+# ----------------------------------------------------------------------------- the flat buffers
+def _reference_step(kind, refs, ms, vs, grads, t, lr, wd, b1=0.9, b2=0.999, eps=1e-8):
+    """The textbook update of each parameter that has a gradient (float64, on the host)."""
+    for i, g in enumerate(grads):
+        if g is None:
+            continue
+        if kind == "sgd":
+            refs[i] = refs[i] - lr * g
+            continue
+        if refs[i].ndim >= 2:
+            refs[i] = refs[i] * (1 - lr * wd)
+        ms[i] = b1 * ms[i] + (1 - b1) * g
+        vs[i] = b2 * vs[i] + (1 - b2) * g * g
+        refs[i] = refs[i] - lr * (ms[i] / (1 - b1 ** t)) / (np.sqrt(vs[i] / (1 - b2 ** t)) + eps)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shapes=st.lists(hnp.array_shapes(min_dims=0, max_dims=3, max_side=4), min_size=1, max_size=5),
+       kind=st.sampled_from(["sgd", "adam", "adamw"]), seed=st.integers(0, 2**16),
+       missing=st.lists(st.booleans(), min_size=4, max_size=4))
+def test_flat_updates_equal_the_per_parameter_formula(device, float64, shapes, kind, seed, missing):
+    """Any mix of shapes (scalars, vectors, matrices in any order), steps where one parameter
+    has no gradient (it must stay put, its state untouched), on every device."""
+    rng = np.random.default_rng(seed)
+    refs = [rng.standard_normal(s) for s in shapes]
+    ps = [Parameter(nanoar.to_device(r)) for r in refs]
+    lr, wd = 0.05, (0.3 if kind == "adamw" else 0.0)
+    opt = {"sgd": lambda: SGD(ps, lr), "adam": lambda: Adam(ps, lr), "adamw": lambda: AdamW(ps, lr, weight_decay=wd)}[kind]()
+    ms, vs = [np.zeros(s) for s in shapes], [np.zeros(s) for s in shapes]
+    for t, skip_first in enumerate(missing, start=1):
+        grads = [rng.standard_normal(s) for s in shapes]
+        if skip_first:
+            grads[0] = None
+        for p, g in zip(ps, grads):
+            p.grad = None if g is None else nanoar.to_device(g)
+        opt.step()
+        _reference_step(kind, refs, ms, vs, grads, t, lr, wd)
+        for p, r in zip(ps, refs):
+            np.testing.assert_allclose(nanoar.to_numpy(p), r, rtol=1e-12, atol=1e-12)
+
+
+def test_a_replaced_parameter_array_is_taken_back_in():
+    """Module.load_state_dict replaces parameter arrays: the optimiser must update the new
+    values, not the old buffer."""
+    ps = params(np.random.default_rng(5))
+    opt = SGD(ps, 1.0)
+    ps[1].data = np.full(4, 10.0, np.float32)
+    for p in ps:
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    np.testing.assert_array_equal(ps[1].data, np.full(4, 9.0))
+    opt.step()
+    np.testing.assert_array_equal(ps[1].data, np.full(4, 8.0))
+
+
+def test_duplicates_are_updated_once_and_mixed_dtypes_are_refused():
+    w = Parameter(np.zeros(3, np.float32))
+    opt = SGD([w, w], 1.0)
+    w.grad = np.ones(3, np.float32)
+    opt.step()
+    np.testing.assert_array_equal(w.data, -np.ones(3))
+    v = Parameter(np.zeros(2))
+    v.data = v.data.astype(np.float64)
+    with pytest.raises(ValueError, match="one dtype"):
+        SGD([w, v], 0.1)

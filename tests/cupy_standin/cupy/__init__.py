@@ -39,12 +39,18 @@ import numpy as _np
 __version__ = "14.2.0+standin"
 STANDIN = True  # lets tests and scripts tell the stand-in from the real CuPy
 
-_counts = {"syncs": 0}
+_counts = {"syncs": 0, "calls": 0}
 
 
 def sync_count() -> int:
     """How many device-to-host synchronisations have happened so far."""
     return _counts["syncs"]
+
+
+def call_count() -> int:
+    """How many array operations (each at least one kernel launch on a GPU) so far: a
+    rough count of the launches a step pays for, not counting views and metadata."""
+    return _counts["calls"]
 
 
 def _sync():
@@ -259,9 +265,12 @@ class ndarray:
         return (ndarray._of(self._a[i]) for i in range(len(self._a)))
 
     def __getitem__(self, key):
+        if _builtins.any(isinstance(k, (ndarray, list)) for k in (key if isinstance(key, tuple) else (key,))):
+            _counts["calls"] += 1  # a gather; basic slicing is a view, no kernel
         return _wrap(self._a[_index(key)])
 
     def __setitem__(self, key, value):
+        _counts["calls"] += 1
         if isinstance(value, _np.ndarray):
             raise TypeError("cupy stand-in: assigning a host (NumPy) array into a device array; "
                             "copy it with cupy.asarray first")
@@ -290,6 +299,7 @@ def _method(name, syncs=False):
     check = _signature_checker("method", name)
 
     def m(self, *args, **kwargs):
+        _counts["calls"] += 1
         _refuse_host((args, kwargs), f"ndarray.{name}")
         if check:
             check(args, kwargs)
@@ -313,6 +323,7 @@ for _name in ("tobytes", "tofile", "dump", "dumps"):
 
 def _binary(name):
     def op(self, other):
+        _counts["calls"] += 1
         return _wrap(getattr(self._a, name)(_operand(other, name)))
     op.__name__ = name
     return op
@@ -320,6 +331,7 @@ def _binary(name):
 
 def _inplace(name):
     def op(self, other):
+        _counts["calls"] += 1
         getattr(self._a, name)(_operand(other, name))
         return self
     op.__name__ = name
@@ -333,8 +345,16 @@ for _name in ("add sub mul truediv floordiv mod pow matmul and or xor lshift rsh
         setattr(ndarray, f"__i{_name}__", _inplace(f"__i{_name}__"))
 for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
     setattr(ndarray, f"__{_name}__", _binary(f"__{_name}__"))
+def _unary(name):
+    def op(self):
+        _counts["calls"] += 1
+        return ndarray._of(getattr(self._a, name)())
+    op.__name__ = name
+    return op
+
+
 for _name in ("neg", "pos", "abs", "invert"):
-    setattr(ndarray, f"__{_name}__", (lambda n: lambda self: ndarray._of(getattr(self._a, n)()))(f"__{_name}__"))
+    setattr(ndarray, f"__{_name}__", _unary(f"__{_name}__"))
 
 
 # ----------------------------------------------------------------------------- functions
@@ -348,6 +368,7 @@ class _Ufunc:
 
     def _call(self, method, args, kwargs):
         where = f"cupy.{self.name}.{method}" if method != "__call__" else f"cupy.{self.name}"
+        _counts["calls"] += 1
         ops = [_operand(a, where) for a in args]
         _refuse_host(kwargs, where)
         if method == "__call__" and set(kwargs) - {"out", "dtype", "casting"}:
@@ -369,6 +390,7 @@ class _Ufunc:
         return self._call("outer", args, kwargs)
 
     def at(self, a, indices, b=None):
+        _counts["calls"] += 1
         if not isinstance(a, ndarray):
             raise TypeError(f"cupy.{self.name}.at: Unsupported type {type(a)}")
         args = (_index(indices),) if b is None else (_index(indices), _operand(b, f"cupy.{self.name}.at"))
@@ -379,6 +401,7 @@ def _function(name, f):
     check = _signature_checker("function", name)
 
     def wrapper(*args, **kwargs):
+        _counts["calls"] += 1
         if check:
             check(args, kwargs)
         if name not in _CREATION:
