@@ -183,6 +183,13 @@ def as_strided(a, shape, strides):
     return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
 
 
+def prefers_few_calls() -> bool:
+    """Whether fewer, larger array calls pay even at the cost of an extra pass over memory:
+    True on the GPU, where every call is a kernel launch (about 10 us of host time each);
+    False on the CPU, where a call costs about a microsecond and memory passes dominate."""
+    return _state["device"] == "cuda"
+
+
 def value_range(a) -> tuple:
     """(min, max) of a non-empty array as Python numbers, with one device-to-host sync on
     the GPU (for range checks: CuPy's indexing does not raise on out-of-range ids)."""

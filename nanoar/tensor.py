@@ -145,7 +145,9 @@ class Tensor:
                     "gradient of the same shape (or reduce it to a scalar first, e.g. .sum())"
                 )
             grad = xp.ones_like(self.data)
+            user_grad = False
         else:
+            user_grad = True
             grad = grad.data if isinstance(grad, Tensor) else grad
             backend.check_same_device(grad, "backward(): ")
             grad = xp.asarray(grad, dtype=self.dtype)
@@ -153,15 +155,20 @@ class Tensor:
                 raise ValueError(f"backward(): gradient of shape {grad.shape} for a tensor of shape {self.shape}")
 
         grads = {id(self): grad}
-        owned = set()  # ids whose gradient array we allocated, so += is safe
+        owned = set()  # ids of nodes whose gradient array we allocated, so += is safe
+        held = {id(grad): 2 if user_grad else 1}  # array id -> entries of `grads` holding it
         for node in reversed(_topological_order(self)):
             gy = grads.pop(id(node), None)
             if gy is None:
                 continue
+            held[id(gy)] -= 1
             if node._backward is None:  # a leaf
-                if id(node) not in owned or not gy.flags.c_contiguous:
-                    # Own it: never alias the caller's gradient, another leaf's .grad, or a
-                    # (read-only, slow) broadcast view, so in-place updates of .grad are safe.
+                # .grad must be an array nothing else can reach (the caller's gradient, another
+                # leaf's .grad, a view of an activation, a read-only broadcast), so in-place
+                # updates of it are safe. A fresh, contiguous array that no other entry holds
+                # is already that; anything else is copied (a pass over it we avoid when we can).
+                private = id(node) in owned or (gy.base is None and held[id(gy)] == 0)
+                if not private or not gy.flags.c_contiguous:
                     gy = xp.array(gy, order="C")
                 node.grad = gy if node.grad is None else node.grad + gy
                 continue
@@ -179,10 +186,13 @@ class Tensor:
                 key = id(parent)
                 if key not in grads:
                     grads[key] = gx
+                    held[id(gx)] = held.get(id(gx), 0) + 1
                 elif key in owned:
                     grads[key] += gx
                 else:
+                    held[id(grads[key])] -= 1
                     grads[key] = grads[key] + gx
+                    held[id(grads[key])] = 1
                     owned.add(key)
             if not retain_graph:
                 node._parents, node._backward = (), _freed

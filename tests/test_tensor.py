@@ -68,6 +68,20 @@ def check_op(f, ref, inputs, grad=None, *, seed=0, rtol32=1e-5, ref_rtol=1e-10, 
         assert err <= rtol32 * scale, f"float32 differs from float64 by {err:.3g} (scale {scale:.3g})"
     # 3. analytic vs numeric gradient, random upstream gradient
     assert nanoar.gradcheck(f, t64, seed=seed)
+    # 4. each leaf's .grad is memory of its own: it shares none with another .grad, an input,
+    # the output or the upstream gradient (the engine skips the copy only where that holds)
+    if not nanoar.backend.is_device_array(y.data):
+        for upstream in (None, np.random.default_rng(seed).standard_normal(y.shape)):
+            ts = [T(a, np.float64, g) for a, g in zip(inputs, grad)]
+            out = f(*ts)
+            if upstream is None:
+                out = out.sum()
+            up = None if upstream is None else dev(upstream)
+            out.backward(up)
+            others = [t.data for t in ts] + [out.data] + ([] if up is None else [up])
+            gs = [t.grad for t in ts if t.grad is not None]
+            for i, g in enumerate(gs):
+                assert not any(np.may_share_memory(g, a) for a in others + gs[:i] + gs[i + 1:]), "a .grad aliases"
 
 
 def sigmoid_ref(x):

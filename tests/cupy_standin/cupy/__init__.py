@@ -298,8 +298,10 @@ class ndarray:
 def _method(name, syncs=False):
     check = _signature_checker("method", name)
 
+    views = name in _VIEWS
+
     def m(self, *args, **kwargs):
-        _counts["calls"] += 1
+        _counts["calls"] += not views
         _refuse_host((args, kwargs), f"ndarray.{name}")
         if check:
             check(args, kwargs)
@@ -310,6 +312,9 @@ def _method(name, syncs=False):
     m.__name__ = name
     return m
 
+
+# Methods that give views (no kernel; `reshape` and `ravel` copy only non-contiguous arrays)
+_VIEWS = frozenset({"reshape", "ravel", "transpose", "swapaxes", "squeeze", "view"})
 
 # The methods cupy.ndarray has, forwarded to NumPy's (dir(cupy.ndarray), CuPy 14.2).
 for _name in ("all any argmax argmin argpartition argsort astype choose clip compress conj "
