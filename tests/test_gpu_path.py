@@ -149,3 +149,20 @@ def test_benchmark_runs_on_cuda_and_names_the_cupy_it_ran_on():
     out = json.loads(r.stdout)
     assert out["device"] == "cuda" and out["cupy"].endswith("+standin") and "stand-in" in out["gpu"]
     assert out["ms_median"] > 0
+
+
+@pytest.mark.parametrize("n_params", [2, 40])
+def test_an_optimiser_step_is_a_few_whole_buffer_calls_on_the_gpu(standin, n_params):
+    """On the GPU every array call is a kernel launch: Adam's step must not grow with the
+    number of parameters (it was 13 calls per parameter)."""
+    from nanoar.nn import Parameter
+    from nanoar.optim import AdamW
+
+    rng = np.random.default_rng(0)
+    ps = [Parameter(nanoar.to_device(rng.standard_normal((3, 2) if i % 2 else (5,)))) for i in range(n_params)]
+    opt = AdamW(ps, 1e-3)
+    for p in ps:
+        p.grad = nanoar.to_device(rng.standard_normal(p.shape).astype(np.float32))
+    before = standin.call_count()
+    opt.step()
+    assert standin.call_count() - before <= 16
