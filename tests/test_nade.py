@@ -178,6 +178,23 @@ def test_same_log_prob_on_every_device(device):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_same_gradients_on_every_device(device, float64):
+    """The fused pass's backward on each device (on the GPU it runs as one block, with
+    cumsums instead of the CPU's loop of adds) against the CPU's."""
+    nanoar.set_device("cpu", seed=0)
+    model = make(9, 5, seed=8, scale=2.0)
+    x = binary(7, 9, seed=4)
+    (-model.log_prob(x).sum()).backward()
+    ref = {k: p.grad.copy() for k, p in model.named_parameters()}
+    state = {k: nanoar.to_numpy(v) for k, v in model.state_dict().items()}
+    nanoar.set_device(device, seed=0)
+    other = NADE(**model.config())
+    other.load_state_dict(state)
+    (-other.log_prob(nanoar.to_device(x)).sum()).backward()
+    for k, p in other.named_parameters():
+        np.testing.assert_allclose(nanoar.to_numpy(p.grad), ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
 def test_sampling_on_every_device(device):
     model = make(3, 4, seed=1, scale=3.0)
     s = model.sample(100, seed=0)
@@ -185,14 +202,17 @@ def test_sampling_on_every_device(device):
     assert_samples_match(model, 20000, seed=1)
 
 
-def test_fused_nade_pass_matches_the_composed_ops_and_finite_differences(float64):
+@pytest.mark.parametrize("block", [1, 2, 3, 5, 7, None])
+def test_fused_nade_pass_matches_the_composed_ops_and_finite_differences(float64, block):
+    """Every block size (one variable at a time, uneven last blocks, all of D at once)."""
     from nanoar import Tensor, gradcheck, sigmoid
     from nanoar.models.nade import nade_logits
 
     rng = np.random.default_rng(5)
-    model = NADE(5, 3)
-    xb = (rng.random((4, 5)) < 0.5).astype(np.float64)
+    model = NADE(7, 3)
+    xb = (rng.random((4, 7)) < 0.5).astype(np.float64)
     composed = (sigmoid(model.pre_activations(xb)) * model.V).sum(axis=-1) + model.b
-    np.testing.assert_allclose(model.logits(xb).numpy(), composed.numpy(), rtol=1e-12, atol=1e-12)
-    xt = Tensor(xb + 0.1 * rng.standard_normal((4, 5)), requires_grad=True)  # the op takes any real x
-    assert gradcheck(nade_logits, [xt, model.W, model.c, model.V, model.b])
+    fused = nade_logits(Tensor(xb), model.W, model.c, model.V, model.b, block=block)
+    np.testing.assert_allclose(fused.numpy(), composed.numpy(), rtol=1e-12, atol=1e-12)
+    xt = Tensor(xb + 0.1 * rng.standard_normal((4, 7)), requires_grad=True)  # the op takes any real x
+    assert gradcheck(lambda *ts: nade_logits(*ts, block=block), [xt, model.W, model.c, model.V, model.b])
