@@ -15,9 +15,9 @@ underneath. What it does prove is that nanoar's 'cuda' path stays inside what Cu
 - reductions and integer indexing give 0-d arrays, never NumPy scalars;
 - calls must fit CuPy's own signatures (`_signatures.py`, generated from CuPy 14.2 by
   `make_signatures.py`): NumPy's `indices(shape, sparse=True)` works, CuPy's does not;
-- the namespace holds only names CuPy 14.2 has (NumPy's names less `NOT_IN_CUPY`, which
-  was listed by comparing `dir(cupy)` with `dir(numpy)`), and `random.default_rng` gives
-  a Generator with only CuPy's methods (no `choice`, `normal`, `permutation`, ...);
+- the namespace holds only names CuPy 14.2 has (NumPy's less `NOT_IN_CUPY`), ndarray
+  only CuPy's methods, and `random.default_rng` gives a Generator with only CuPy's
+  methods (no `choice`, `normal`, `permutation`, ...): all listed in `_signatures.py`;
 - NumPy functions called on these arrays dispatch here through `__array_function__` and
   `__array_ufunc__`, as they do for CuPy arrays.
 
@@ -35,6 +35,8 @@ import sys
 import types
 
 import numpy as _np
+
+from ._signatures import FUNCTIONS, GENERATOR_METHODS, METHODS, NOT_IN_CUPY
 
 __version__ = "14.2.0+standin"
 STANDIN = True  # lets tests and scripts tell the stand-in from the real CuPy
@@ -57,18 +59,6 @@ def _sync():
     _counts["syncs"] += 1
 
 
-# Names NumPy has and CuPy 14.2 does not (dir(numpy) - dir(cupy), with NumPy 2.4).
-NOT_IN_CUPY = frozenset("""
-False_ ScalarType True_ asmatrix block bmat busday_count busday_offset busdaycalendar bytes_
-char character clongdouble complex256 core ctypeslib datetime64 datetime_as_string
-datetime_data dtypes einsum_path emath errstate f2py flexible float128 frompyfunc fromregex
-geomspace get_include getbufsize geterr geterrcall histogram_bin_edges info insert is_busday
-isnat little_endian longdouble ma matrix matvec memmap nanpercentile nanquantile ndenumerate
-nditer nested_iters object_ polyder polydiv polyint rec recarray record sctypeDict setbufsize
-seterr seterrcall show_runtime spacing str_ strings test timedelta64 typecodes unstack vecdot
-vecmat void
-""".split())
-
 # Host data may enter the device only through these (explicit copies).
 _CREATION = frozenset({"array", "asarray", "asanyarray"})
 
@@ -88,9 +78,7 @@ class MemoryPointer:
 def _signature_checker(kind, name):
     """A function that raises TypeError, as CuPy would, when a call's arguments do not fit
     CuPy's own signature of `name` (from _signatures.py); None where CuPy has none recorded."""
-    from . import _signatures  # noqa: PLC0415
-
-    params = (_signatures.FUNCTIONS if kind == "function" else _signatures.METHODS).get(name)
+    params = (FUNCTIONS if kind == "function" else METHODS).get(name)
     if params is None:
         return None
     scope = {}
@@ -295,9 +283,12 @@ class ndarray:
         return _module_attr(func.__name__)(*args, **kwargs)
 
 
+# Methods that give views (no kernel; `reshape` and `ravel` copy only non-contiguous arrays)
+_VIEWS = frozenset({"reshape", "ravel", "transpose", "swapaxes", "squeeze", "view"})
+
+
 def _method(name, syncs=False):
     check = _signature_checker("method", name)
-
     views = name in _VIEWS
 
     def m(self, *args, **kwargs):
@@ -313,17 +304,10 @@ def _method(name, syncs=False):
     return m
 
 
-# Methods that give views (no kernel; `reshape` and `ravel` copy only non-contiguous arrays)
-_VIEWS = frozenset({"reshape", "ravel", "transpose", "swapaxes", "squeeze", "view"})
-
-# The methods cupy.ndarray has, forwarded to NumPy's (dir(cupy.ndarray), CuPy 14.2).
-for _name in ("all any argmax argmin argpartition argsort astype choose clip compress conj "
-              "conjugate copy cumprod cumsum diagonal dot fill flatten max mean min nonzero "
-              "partition prod put ravel repeat reshape round searchsorted sort squeeze std sum "
-              "swapaxes take trace transpose var view").split():
-    setattr(ndarray, _name, _method(_name))
-for _name in ("tobytes", "tofile", "dump", "dumps"):
-    setattr(ndarray, _name, _method(_name, syncs=True))
+# The rest of cupy.ndarray's methods, forwarded to NumPy's; those that copy to the host sync.
+for _name in METHODS:
+    if hasattr(_np.ndarray, _name) and not hasattr(ndarray, _name):
+        setattr(ndarray, _name, _method(_name, syncs=_name in ("tobytes", "tofile", "dump", "dumps")))
 
 
 def _binary(name):
@@ -479,9 +463,7 @@ def _draw(name):
     return m
 
 
-for _name in ("beta binomial chisquare dirichlet exponential f gamma geometric hypergeometric integers "
-              "logseries poisson power random standard_exponential standard_gamma standard_normal "
-              "uniform").split():
+for _name in GENERATOR_METHODS:
     setattr(Generator, _name, _draw(_name))
 
 random = _submodule("random", Generator=Generator, default_rng=lambda seed=None: Generator(seed))
