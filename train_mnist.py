@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--sample", metavar="CHECKPOINT", help="write a sample grid of a checkpoint and exit")
     p.add_argument("--n-samples", type=int, default=64)
     p.add_argument("--eval-batch-size", type=int, default=None,
-                   help="default 1000 for FVSBN and MADE, 100 for the others (memory grows with it)")
+                   help="default 1000 for FVSBN, NADE and MADE, 100 for the PixelCNNs (memory grows with it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.dataset not in DATASETS and not os.path.isdir(args.dataset):
@@ -107,9 +107,9 @@ def as_model_input(model, x):
 # ----------------------------------------------------------------------------- evaluation
 def mean_nll(model, x, batch_size=None) -> float:
     """Average -log p(x) in nats over a host array of images, in batches, no graph."""
-    # NADE's hidden states (N*D*H floats) and the PixelCNNs' window columns (N*H*W*9*C) grow
-    # with the batch: smaller batches keep memory in hand and run no slower
-    batch_size = batch_size or (1000 if type(model).__name__ in ("FVSBN", "MADE") else 100)
+    # the PixelCNNs' window columns (N*H*W*9*C floats) grow with the batch: smaller batches
+    # keep memory in hand and run no slower
+    batch_size = batch_size or (1000 if type(model).__name__ in ("FVSBN", "MADE", "NADE") else 100)
     total = 0.0
     with no_grad():
         for i in range(0, len(x), batch_size):

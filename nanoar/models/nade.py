@@ -32,7 +32,7 @@ import numpy as np
 from .. import backend
 from ..distributions import Bernoulli
 from ..nn import _init_uniform
-from ..tensor import Tensor, _make, _sigmoid, concatenate, cumsum
+from ..tensor import Tensor, _make, _sigmoid, concatenate, cumsum, is_grad_enabled
 from .base import AutoregressiveModel, check_count
 
 
@@ -62,8 +62,8 @@ def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: in
     at a time so that each step of the pipeline (products, running sum, sigmoid, the V_i
     products; in the backward, h (1 - h) V g and the reversed running sum) works on a block
     that is still in cache, instead of streaming whole (N, D, H) arrays (157 MB each at
-    MNIST size, H = 500, batch 100) through memory a dozen times. Only h (D, N, H) is kept
-    for the backward. On the GPU, where array calls cost more than memory traffic, the
+    MNIST size, H = 500, batch 100) through memory a dozen times. Only h (D, N, H) is kept,
+    for the backward, and only when there will be one. On the GPU, where array calls cost more than memory traffic, the
     default block is all of D.
 
     Backward, with g_i = dL/dl_i V_i h_i (1 - h_i) and G_i = sum_{k>=i} g_k (a reversed
@@ -78,11 +78,14 @@ def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: in
         block = d if backend.prefers_few_calls() else max(1, min(d, (1 << 18) // max(1, n * hidden)))
     bounds = [(lo, min(lo + block, d)) for lo in range(0, d, block)]
     xt = xp.ascontiguousarray(xd.T)  # (D, N): row j = x_j for the batch
-    h = xp.empty((d, n, hidden), W.dtype)  # h_i for every i, variable-major
+    # h_i for every i, variable-major, kept for the backward; without one (evaluation) a
+    # single block's slab is reused, so memory does not grow with D
+    keep = is_grad_enabled() and any(t.requires_grad for t in (x, W, c, V, b))
+    h = xp.empty((d if keep else block, n, hidden), W.dtype)
     logits = xp.empty((d, n), W.dtype)
     start = xp.broadcast_to(c.data, (n, hidden))  # a at the block's first variable
     for lo, hi in bounds:
-        a = h[lo:hi]
+        a = h[lo:hi] if keep else h[:hi - lo]
         a[0] = start
         xp.multiply(xt[lo:hi - 1, :, None], wt[lo:hi - 1, None, :], out=a[1:])
         _running_sum(xp, a)
