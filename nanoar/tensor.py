@@ -660,15 +660,22 @@ def matmul(a, b) -> Tensor:
         return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + b.shape[-1:] if b.ndim > 1 else ())
     if b.ndim == 1:
         return reshape(matmul(a, reshape(b, (-1, 1))), a.shape[:-1])
+    # A stack of rows times one matrix (a Linear layer on (N, T, D) inputs) is one product
+    # of (N T, D) rows: NumPy would make one small BLAS call per leading index instead
+    # (measured, (12, 64, 128) @ (128, 512): 4.7 ms against 1.4 ms on one thread).
+    flat = b.ndim == 2 and a.ndim > 2
     try:
-        y = a.data @ b.data
+        y = (a.data.reshape(-1, a.shape[-1]) @ b.data).reshape(a.shape[:-1] + b.shape[-1:]) if flat else a.data @ b.data
     except ValueError:
         raise _broadcast_error("matmul", a, b) from None
 
     def backward(gy):
         ga = gb = None
         if a.requires_grad:
-            ga = gy @ b.data.swapaxes(-1, -2)
+            if flat:
+                ga = (gy.reshape(-1, gy.shape[-1]) @ b.data.T).reshape(a.shape)
+            else:
+                ga = gy @ b.data.swapaxes(-1, -2)
         if b.requires_grad:
             if b.ndim == 2 and a.ndim > 2:
                 # Weights shared over a batch: one big product instead of a stack to sum.
