@@ -65,64 +65,50 @@ def cupy_standin():
 
 
 @contextlib.contextmanager
-def _on_cuda(kind):
-    """The backend on 'cuda' for a block: kind 'gpu' (real CuPy, skips without one) or
-    'standin' (the CPU stand-in of CuPy, runs everywhere)."""
-    if kind == "gpu":
-        reason = _cuda_skip_reason()
-        if reason:
-            pytest.skip(reason)
-        import cupy
+def _backend_for(param):
+    """For a device parameter: 'cpu' (NumPy), 'cuda' / 'gpu' (CuPy on a GPU: skips, with the
+    reason, where there is none) or 'cupy-standin' (CuPy's rules on the CPU stand-in, which
+    runs everywhere). Yields (the backend's device name, the cupy module or None); the
+    backend is back on 'cpu', float32, seed 0 afterwards."""
+    try:
+        if param == "cpu":
+            yield "cpu", None
+        elif param == "cupy-standin":
+            with cupy_standin() as cupy:
+                yield "cuda", cupy
+        else:
+            reason = _cuda_skip_reason()
+            if reason:
+                pytest.skip(reason)
+            import cupy
 
-        yield cupy
-    else:
-        with cupy_standin() as cupy:
-            yield cupy
+            yield "cuda", cupy
+    finally:
+        nanoar.set_device("cpu", seed=0)
+        nanoar.set_default_dtype("float32")
 
 
 @pytest.fixture(params=["cpu", "cuda", "cupy-standin"])
 def device(request):
-    """Run the test on each device: NumPy, CuPy on a GPU (skipped, with the reason, where
-    there is none), and CuPy's rules on the CPU stand-in (the backend's device is 'cuda'
-    for both). The default dtype and seed are reset around it."""
-    kind = {"cuda": "gpu", "cupy-standin": "standin"}.get(request.param)
-    with contextlib.ExitStack() as stack:
-        if kind:
-            stack.enter_context(_on_cuda(kind))
-        device = "cpu" if kind is None else "cuda"
+    """Run the test on each device (the backend's device is 'cuda' for the last two)."""
+    with _backend_for(request.param) as (device, _):
         nanoar.set_device(device, seed=0)
-        try:
-            yield device
-        finally:
-            nanoar.set_device("cpu", seed=0)
-            nanoar.set_default_dtype("float32")
+        yield device
 
 
 @pytest.fixture(params=["cpu", "cuda", "cupy-standin"])
 def script_device(request):
-    """The `--device` value for a script run on each device (as `device`, but the script
-    switches the backend itself); the backend is back on 'cpu' afterwards."""
-    kind = {"cuda": "gpu", "cupy-standin": "standin"}.get(request.param)
-    with contextlib.ExitStack() as stack:
-        if kind:
-            stack.enter_context(_on_cuda(kind))
-        try:
-            yield "cpu" if kind is None else "cuda"
-        finally:
-            nanoar.set_device("cpu", seed=0)
-            nanoar.set_default_dtype("float32")
+    """The `--device` value for a script run on each device (the script switches itself)."""
+    with _backend_for(request.param) as (device, _):
+        yield device
 
 
 @pytest.fixture(params=["gpu", "cupy-standin"])
 def cuda(request):
     """The `cupy` module, real (skips without a GPU) or the stand-in; the test switches the
-    device itself and the fixture puts it back to 'cpu' afterwards."""
-    with _on_cuda("gpu" if request.param == "gpu" else "standin") as cupy:
-        try:
-            yield cupy
-        finally:
-            nanoar.set_device("cpu", seed=0)
-            nanoar.set_default_dtype("float32")
+    device itself."""
+    with _backend_for(request.param) as (_, cupy):
+        yield cupy
 
 
 @pytest.fixture
