@@ -1,7 +1,8 @@
 """Optimisers that update parameters in place, and gradient-norm clipping.
 
-Each optimiser keeps its per-parameter state as arrays of the parameter's device and
-dtype; `state_dict()` / `load_state_dict()` give it to checkpoints.
+Each optimiser keeps the parameters and its state in flat buffers of the parameters'
+device and dtype (see `Optimizer`); `state_dict()` / `load_state_dict()` give the state
+to checkpoints as one array per parameter, views of those buffers.
 """
 from __future__ import annotations
 
