@@ -8,6 +8,10 @@ behind the user's back: `to_numpy` and `to_device` are the explicit ways across.
     nanoar.set_device("cuda")          # or NANOAR_DEVICE=cuda, or --device cuda in scripts
     nanoar.set_default_dtype("float64")  # for gradient checks; float32 is the default
     nanoar.manual_seed(0)              # seeds the generator of the current device
+
+Importing nanoar changes nothing in the process. `configure()` is the one explicit call that
+applies the process-wide settings (the device, from an argument or $NANOAR_DEVICE, and the
+allocator); the scripts and the benchmark make it first.
 """
 from __future__ import annotations
 
@@ -94,25 +98,16 @@ def check_same_device(a, where: str = "") -> None:
         )
 
 
-def _array_of(a):
-    """The array inside a Tensor; anything else as it is. (A CuPy array's own `.data` is a
-    memory pointer, so `getattr(a, "data", a)` would be wrong here.)"""
-    from nanoar.tensor import Tensor  # noqa: PLC0415  (tensor imports this module)
-
-    return a.data if isinstance(a, Tensor) else a
-
-
 def to_numpy(a) -> np.ndarray:
-    """A copy of an array (or Tensor) on the host, as a NumPy array (never a view of it)."""
-    a = _array_of(a)
+    """A copy of an array on the host, as a NumPy array (never a view of it)."""
     if is_device_array(a):
         return a.get()
     return np.array(a, copy=True)
 
 
 def to_device(a):
-    """Explicit copy of a host array (or Tensor) to the current device (a no-op on 'cpu')."""
-    return _state["xp"].asarray(_array_of(a))
+    """Explicit copy of a host array to the current device (no copy on 'cpu')."""
+    return _state["xp"].asarray(a)
 
 
 # ----------------------------------------------------------------------------- dtype
@@ -198,18 +193,17 @@ def value_range(a) -> tuple:
     return lo, hi
 
 
-# ----------------------------------------------------------------------------- host memory
+# ----------------------------------------------------------------------------- process settings
 def keep_freed_host_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
 
     A training step allocates and frees the same large temporaries every step; by default
     glibc maps blocks over a few MiB afresh and unmaps them on free, so every step pays page
-    faults to get zeroed pages back (measured: chargpt 101 -> 68 ms per step). Raising the
-    mmap threshold to glibc's maximum (32 MiB) and the trim threshold to 2 GiB keeps them.
-    The cost: the process's resident memory stays near its peak. Called on import; set
-    NANOAR_KEEP_FREED_MEMORY=0 to leave the allocator alone. Returns whether it applied.
+    faults to get zeroed pages back. Raising the mmap threshold to glibc's maximum (32 MiB)
+    and the trim threshold to 2 GiB keeps them, at the cost of a resident size that stays
+    near its peak. Returns whether it applied (only on Linux with glibc).
     """
-    if os.environ.get("NANOAR_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -220,7 +214,18 @@ def keep_freed_host_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 2 << 30))
 
 
-keep_freed_host_memory()
+def configure(device: str | None = None, seed: int = 0) -> str:
+    """Apply the process-wide settings that a program (not a library import) should choose.
 
-if os.environ.get("NANOAR_DEVICE"):
-    set_device(os.environ["NANOAR_DEVICE"])
+    - the device: `device` if given, else $NANOAR_DEVICE, else 'cpu' (`set_device`, seeded
+      with `seed`);
+    - the host allocator keeps freed memory (`keep_freed_host_memory`) unless
+      NANOAR_KEEP_FREED_MEMORY=0.
+
+    Returns the device chosen. Raises DeviceError when CUDA is asked for and unusable.
+    """
+    if os.environ.get("NANOAR_KEEP_FREED_MEMORY", "1") != "0":
+        keep_freed_host_memory()
+    device = device or os.environ.get("NANOAR_DEVICE") or "cpu"
+    set_device(device, seed=seed)
+    return device

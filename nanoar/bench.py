@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.only:
         try:
-            backend.set_device(args.device)
+            backend.configure(args.device)
         except backend.DeviceError as e:
             sys.exit(f"error: {e}")
         print(json.dumps(run_workload(args.only, args.steps)), flush=True)

@@ -2,14 +2,15 @@
 
 Exactness lives here, so only stable formulas are used: log-sigmoid for Bernoulli,
 log-softmax for Categorical. `log_prob` returns an elementwise Tensor (the model sums it
-over variables); `sample` returns an array drawn with the given generator.
+over variables); `draw(noise)` turns given noise into values (so two samplers fed the same
+noise draw the same values) and `sample(rng)` draws that noise itself.
 """
 from __future__ import annotations
 
 import math
 
 from . import backend
-from .tensor import Tensor, bernoulli_log_prob, gather, log_softmax, sigmoid, softmax
+from .tensor import Tensor, bernoulli_log_prob, gather, log_softmax, sigmoid_array, softmax
 
 
 class Bernoulli:
@@ -20,17 +21,21 @@ class Bernoulli:
 
     @property
     def probs(self):
-        return sigmoid(self.logits).data
+        return sigmoid_array(self.logits.data)
 
     def log_prob(self, x) -> Tensor:
         """log p(x) = x l - softplus(l), exact at |l| = 1e4."""
         return bernoulli_log_prob(self.logits, x.data if isinstance(x, Tensor) else x)
 
-    def sample(self, rng=None):
-        """0/1 array in the logits' dtype: u < sigmoid(l) with u ~ U[0, 1)."""
-        rng = backend.make_rng() if rng is None else rng
+    def draw(self, u):
+        """0/1 array in the logits' dtype from uniforms u ~ U[0, 1) of the same shape:
+        x = [u < sigmoid(l)], which is 1 with probability sigmoid(l)."""
         p = self.probs
-        return (rng.random(p.shape, dtype=p.dtype) < p).astype(p.dtype)
+        return (u < p).astype(p.dtype)
+
+    def sample(self, rng=None):
+        rng = backend.make_rng() if rng is None else rng
+        return self.draw(rng.random(self.logits.shape, dtype=self.logits.dtype))
 
 
 class Categorical:
@@ -96,7 +101,11 @@ class Gaussian:
         z = (x - self.mean) * (-self.log_std).exp()
         return z * z * -0.5 - self.log_std - self._HALF_LOG_2PI
 
+    def draw(self, z):
+        """Values from standard normal noise z of the same shape: x = mean + exp(log_std) z."""
+        mu = self.mean.data
+        return mu + backend.array_module(mu).exp(self.log_std.data) * z
+
     def sample(self, rng=None):
         rng = backend.make_rng() if rng is None else rng
-        mu, s = self.mean.data, self.log_std.data
-        return mu + backend.array_module(mu).exp(s) * rng.standard_normal(mu.shape, dtype=mu.dtype)
+        return self.draw(rng.standard_normal(self.mean.shape, dtype=self.mean.dtype))

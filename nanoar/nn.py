@@ -24,15 +24,23 @@ class Parameter(Tensor):
         super().__init__(data, requires_grad=True)
 
 
-def _init_uniform(shape, bound) -> Parameter:
-    """U(-bound, bound), drawn on the host from the seeded generator, then moved once."""
+# Initialisers: values are drawn on the host from the backend's seeded host generator and
+# copied to the device once, so one seed gives the same weights on every device.
+def init_uniform(shape, bound: float) -> Parameter:
+    """A Parameter ~ U(-bound, bound) in the default dtype."""
     w = backend.host_rng().uniform(-bound, bound, size=shape).astype(backend.default_dtype())
     return Parameter(backend.to_device(w))
 
 
-def _init_normal(shape, std) -> Parameter:
+def init_normal(shape, std: float) -> Parameter:
+    """A Parameter ~ N(0, std^2) in the default dtype."""
     w = (std * backend.host_rng().standard_normal(shape)).astype(backend.default_dtype())
     return Parameter(backend.to_device(w))
+
+
+def init_constant(shape, value: float) -> Parameter:
+    """A Parameter filled with `value` (biases at 0, LayerNorm gains at 1)."""
+    return Parameter(backend.xp().full(shape, value, backend.default_dtype()))
 
 
 class Module:
@@ -121,8 +129,8 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = _init_uniform((in_features, out_features), bound)
-        self.bias = _init_uniform((out_features,), bound) if bias else None
+        self.weight = init_uniform((in_features, out_features), bound)
+        self.bias = init_uniform((out_features,), bound) if bias else None
 
     def forward(self, x):
         y = matmul(x, self.weight)
@@ -130,21 +138,22 @@ class Linear(Module):
 
 
 class MaskedLinear(Linear):
-    """y = x (W * M) + b with a fixed 0/1 mask M: (in, out).
+    """y = x (W * M) + b with a 0/1 mask M: (in, out); x: (..., in) -> y: (..., out).
 
     The mask is multiplied in on every forward, so a masked weight has no effect on the
-    output and receives exactly zero gradient. MADE's masks come from degrees (models/made.py).
+    output and receives exactly zero gradient. A mask given here is the layer's own buffer
+    (saved in its state_dict); `mask=None` leaves it to the owner to point `self.mask` at
+    one of its own masks (MADE keeps K mask sets from degrees and switches between them).
     """
 
-    def __init__(self, in_features: int, out_features: int, mask, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, mask=None, bias: bool = True):
         super().__init__(in_features, out_features, bias)
-        self.set_mask(mask)
-
-    def set_mask(self, mask) -> None:
-        mask = np.asarray(backend.to_numpy(mask))
-        if mask.shape != self.weight.shape:
-            raise ValueError(f"MaskedLinear: mask shape {mask.shape} != weight shape {self.weight.shape} (in, out)")
-        self.register_buffer("mask", backend.to_device(mask.astype(backend.default_dtype())))
+        self.mask = None
+        if mask is not None:
+            mask = np.asarray(backend.to_numpy(mask))
+            if mask.shape != self.weight.shape:
+                raise ValueError(f"MaskedLinear: mask shape {mask.shape} != weight shape {self.weight.shape} (in, out)")
+            self.register_buffer("mask", backend.to_device(mask.astype(backend.default_dtype())))
 
     def forward(self, x):
         y = matmul(x, self.weight * self.mask)
@@ -177,8 +186,8 @@ class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, padding=0, bias: bool = True):
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         bound = 1.0 / math.sqrt(in_channels * kh * kw)
-        self.weight = _init_uniform((out_channels, in_channels, kh, kw), bound)
-        self.bias = _init_uniform((out_channels,), bound) if bias else None
+        self.weight = init_uniform((out_channels, in_channels, kh, kw), bound)
+        self.bias = init_uniform((out_channels,), bound) if bias else None
         self.padding = padding
 
     def forward(self, x):
@@ -208,8 +217,8 @@ class Conv1d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, padding=0,
                  dilation: int = 1, bias: bool = True):
         bound = 1.0 / math.sqrt(in_channels * kernel_size)
-        self.weight = _init_uniform((out_channels, in_channels, kernel_size), bound)
-        self.bias = _init_uniform((out_channels,), bound) if bias else None
+        self.weight = init_uniform((out_channels, in_channels, kernel_size), bound)
+        self.bias = init_uniform((out_channels,), bound) if bias else None
         self.padding, self.dilation = padding, dilation
 
     def forward(self, x):
@@ -226,11 +235,21 @@ class CausalConv1d(Conv1d):
         super().__init__(in_channels, out_channels, kernel_size, (dilation * (kernel_size - 1), 0), dilation, bias)
 
 
+def gated_activation(y, axis: int = 1) -> Tensor:
+    """The gated unit of WaveNet and the gated PixelCNN: [a | b] = y split in halves along
+    `axis`, z = tanh(a) * sigmoid(b).  y: (N, 2C, ...) -> z: (N, C, ...).
+
+    tanh(a) carries the signal, sigmoid(b) in (0, 1) decides how much of it passes.
+    """
+    a, b = split(y, 2, axis=axis)
+    return tanh(a) * sigmoid(b)
+
+
 class Embedding(Module):
     """ids: int (...) -> y: (..., D), a table of V rows, N(0, std^2) init."""
 
     def __init__(self, num_embeddings: int, dim: int, std: float = 1.0):
-        self.weight = _init_normal((num_embeddings, dim), std)
+        self.weight = init_normal((num_embeddings, dim), std)
 
     def forward(self, ids, check: bool = True):
         return embedding(self.weight, ids, check)
@@ -240,8 +259,8 @@ class LayerNorm(Module):
     """Normalise the last axis to zero mean, unit variance, then scale and shift: (..., D)."""
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
-        self.weight = Parameter(backend.xp().ones(dim, backend.default_dtype()))
-        self.bias = Parameter(backend.xp().zeros(dim, backend.default_dtype())) if bias else None
+        self.weight = init_constant((dim,), 1.0)
+        self.bias = init_constant((dim,), 0.0) if bias else None
         self.eps = eps
 
     def forward(self, x):
@@ -258,7 +277,7 @@ class LSTMCell(Module):
     def __init__(self, input_size: int, hidden_size: int):
         self.hidden_size = hidden_size
         bound = 1.0 / math.sqrt(hidden_size)
-        self.weight = _init_uniform((input_size + hidden_size, 4 * hidden_size), bound)
+        self.weight = init_uniform((input_size + hidden_size, 4 * hidden_size), bound)
         b = np.zeros(4 * hidden_size)
         b[hidden_size:2 * hidden_size] = 1.0
         self.bias = Parameter(backend.to_device(b.astype(backend.default_dtype())))

@@ -8,6 +8,17 @@ topological order without recursion, sums broadcast gradients back to each input
 (`_sum_to`), casts them to the input's dtype, accumulates into leaf `.grad`, and frees the
 graph (saved arrays included) as it goes, so a training loop does not grow in memory.
 
+Writing a new op: compute the output array, define `backward(gy)` returning one gradient
+array per parent (None where there is none), and hand both to `record_op`:
+
+    def square(x: Tensor) -> Tensor:  # y = x^2, dy/dx = 2x
+        return record_op(x.data * x.data, (x,), lambda gy: (2.0 * x.data * gy,), "square")
+
+`record_op` records the node only when grad mode is on and a parent requires grad, and the
+engine handles broadcasting, dtypes and accumulation, so a backward is the math alone. Every
+op below and every fused kernel in `nanoar.kernels` is written this way; `gradcheck` tests
+one against central differences.
+
 Conventions: `x`, `y` are input/output arrays, `gy`, `gx` their gradients; shapes in
 docstrings as `x: (N, C, H, W) -> y: (N, O, H, W)`.
 """
@@ -73,6 +84,16 @@ def _to_float_array(data, dtype=None):
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"Tensor(): cannot make a float tensor from {type(data).__name__} of dtype {arr.dtype}")
     return xp.asarray(arr, dtype=dtype)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A host copy of an array or Tensor, as a NumPy array (never a view of it)."""
+    return backend.to_numpy(x.data if isinstance(x, Tensor) else x)
+
+
+def to_device(x):
+    """An explicit copy of a host array (or a Tensor's array) to the current device."""
+    return backend.to_device(x.data if isinstance(x, Tensor) else x)
 
 
 class Tensor:
@@ -266,8 +287,14 @@ def _sum_to(g, shape, op=""):
     return g
 
 
-def _make(y, parents, backward, op: str) -> Tensor:
-    """Wrap the output array `y` of op `op`, recording the graph when a parent needs grad."""
+def record_op(y, parents, backward, op: str) -> Tensor:
+    """The Tensor holding `y`, the output array of op `op` applied to the Tensors `parents`.
+
+    backward(gy) -> one gradient array (or None) per parent, each of its parent's shape or
+    broadcastable to it. The node is recorded only when grad mode is on and some parent
+    requires grad; otherwise the result is a constant. The engine frees `backward` (and the
+    arrays it holds) once it has run.
+    """
     if _detect_anomaly and backend.array_module(y).isnan(y).any():
         raise FloatingPointError(f"detect_anomaly: '{op}' produced NaN in its forward pass")
     out = Tensor.__new__(Tensor)
@@ -310,7 +337,7 @@ def add(a, b) -> Tensor:
         y = a.data + b.data
     except ValueError:
         raise _broadcast_error("add", a, b) from None
-    return _make(y, (a, b), lambda gy: (gy, gy), "add")
+    return record_op(y, (a, b), lambda gy: (gy, gy), "add")
 
 
 def sub(a, b) -> Tensor:
@@ -320,7 +347,7 @@ def sub(a, b) -> Tensor:
         y = a.data - b.data
     except ValueError:
         raise _broadcast_error("sub", a, b) from None
-    return _make(y, (a, b), lambda gy: (gy, -gy if b.requires_grad else None), "sub")
+    return record_op(y, (a, b), lambda gy: (gy, -gy if b.requires_grad else None), "sub")
 
 
 def mul(a, b) -> Tensor:
@@ -334,7 +361,7 @@ def mul(a, b) -> Tensor:
     def backward(gy):
         return (gy * b.data if a.requires_grad else None,
                 gy * a.data if b.requires_grad else None)
-    return _make(y, (a, b), backward, "mul")
+    return record_op(y, (a, b), backward, "mul")
 
 
 def div(a, b) -> Tensor:
@@ -348,12 +375,12 @@ def div(a, b) -> Tensor:
     def backward(gy):
         ga = gy / b.data
         return ga if a.requires_grad else None, (-ga * y if b.requires_grad else None)
-    return _make(y, (a, b), backward, "div")
+    return record_op(y, (a, b), backward, "div")
 
 
 def neg(x) -> Tensor:
     """y = -x."""
-    return _make(-x.data, (x,), lambda gy: (-gy,), "neg")
+    return record_op(-x.data, (x,), lambda gy: (-gy,), "neg")
 
 
 def pow(x, p) -> Tensor:
@@ -362,7 +389,7 @@ def pow(x, p) -> Tensor:
         p = p.item()  # a NumPy scalar exponent would promote float32 to float64
     if isinstance(p, (int, float)) and isinstance(x, Tensor):
         y = x.data ** p
-        return _make(y, (x,), lambda gy: (gy * (p * x.data ** (p - 1)),), "pow")
+        return record_op(y, (x,), lambda gy: (gy * (p * x.data ** (p - 1)),), "pow")
     x, p = _pair(x, p)
     y = x.data ** p.data
 
@@ -371,41 +398,43 @@ def pow(x, p) -> Tensor:
         gx = gy * p.data * x.data ** (p.data - 1) if x.requires_grad else None
         gp = gy * y * xp.log(x.data) if p.requires_grad else None
         return gx, gp
-    return _make(y, (x, p), backward, "pow")
+    return record_op(y, (x, p), backward, "pow")
 
 
 def exp(x) -> Tensor:
     """y = e^x.  dy/dx = y."""
     y = backend.array_module(x.data).exp(x.data)
-    return _make(y, (x,), lambda gy: (gy * y,), "exp")
+    return record_op(y, (x,), lambda gy: (gy * y,), "exp")
 
 
 def log(x) -> Tensor:
     """y = ln x (x > 0).  dy/dx = 1/x."""
     y = backend.array_module(x.data).log(x.data)
-    return _make(y, (x,), lambda gy: (gy / x.data,), "log")
+    return record_op(y, (x,), lambda gy: (gy / x.data,), "log")
 
 
 def sqrt(x) -> Tensor:
     """y = sqrt(x) (x > 0).  dy/dx = 1 / (2 y)."""
     y = backend.array_module(x.data).sqrt(x.data)
-    return _make(y, (x,), lambda gy: (gy / (2.0 * y),), "sqrt")
+    return record_op(y, (x,), lambda gy: (gy / (2.0 * y),), "sqrt")
 
 
 def tanh(x) -> Tensor:
     """y = tanh x.  dy/dx = 1 - y^2."""
     y = backend.array_module(x.data).tanh(x.data)
-    return _make(y, (x,), lambda gy: (gy * (1.0 - y * y),), "tanh")
+    return record_op(y, (x,), lambda gy: (gy * (1.0 - y * y),), "tanh")
 
 
-def _sigmoid(xp, x, out=None):
-    """1 / (1 + e^-x) in three passes and one exp, in place in `out` (which may be x).
+def sigmoid_array(x, out=None):
+    """The logistic function on an array: 1 / (1 + e^-x), into `out` (which may be x).
 
-    For x below about -88 (float32) e^-x overflows to inf and 1 / (1 + inf) = 0, which is
-    the correctly rounded answer; only NumPy's overflow warning is silenced. (The tanh form
-    0.5 tanh(x/2) + 0.5 cancels to 0 already at x = -17 in float32; selecting between two
-    stable branches costs 3x more: NumPy's masked copies are slow.)
+    The one array-level sigmoid of the library (ops, kernels and samplers use it). For x
+    below about -88 (float32) e^-x overflows to inf and 1 / (1 + inf) = 0, which is the
+    correctly rounded answer; only NumPy's overflow warning is silenced. Relative precision
+    holds in both tails (the form 0.5 tanh(x/2) + 0.5 cancels to 0 already at x = -17 in
+    float32), and it takes one exp and three passes, with no branch selection.
     """
+    xp = backend.array_module(x)
     y = xp.negative(x, out=out) if out is not None else xp.asarray(xp.negative(x))  # (NumPy: 0-d -> scalar)
     with np.errstate(over="ignore"):  # (CuPy never warns; this touches NumPy only)
         xp.exp(y, out=y)
@@ -415,20 +444,20 @@ def _sigmoid(xp, x, out=None):
 
 def sigmoid(x) -> Tensor:
     """y = 1 / (1 + e^-x), stable for any x.  dy/dx = y (1 - y)."""
-    y = _sigmoid(backend.array_module(x.data), x.data)
+    y = sigmoid_array(x.data)
 
     def backward(gy):
         g = 1.0 - y
         g *= y
         g *= gy
         return (g,)
-    return _make(y, (x,), backward, "sigmoid")
+    return record_op(y, (x,), backward, "sigmoid")
 
 
 def relu(x) -> Tensor:
     """y = max(x, 0).  The subgradient at 0 is 0."""
     y = backend.array_module(x.data).maximum(x.data, 0)
-    return _make(y, (x,), lambda gy: (gy * (x.data > 0),), "relu")
+    return record_op(y, (x,), lambda gy: (gy * (x.data > 0),), "relu")
 
 
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -465,26 +494,26 @@ def gelu(x) -> Tensor:
         g *= 0.5
         g *= gy
         return (g,)
-    return _make(y, (x,), backward, "gelu")
+    return record_op(y, (x,), backward, "gelu")
 
 
-def _softplus(xp, x):
-    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow at |x| = 1e4, no lost precision.
+def softplus_array(x):
+    """log(1 + e^x) on an array, as max(x, 0) + log1p(e^-|x|): no overflow at |x| = 1e4,
+    no lost precision."""
+    xp = backend.array_module(x)
     return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
 
 
 def softplus(x) -> Tensor:
     """y = log(1 + e^x), stable.  dy/dx = sigmoid(x)."""
-    xp = backend.array_module(x.data)
-    y = _softplus(xp, x.data)
-    return _make(y, (x,), lambda gy: (gy * _sigmoid(xp, x.data),), "softplus")
+    y = softplus_array(x.data)
+    return record_op(y, (x,), lambda gy: (gy * sigmoid_array(x.data),), "softplus")
 
 
 def log_sigmoid(x) -> Tensor:
     """y = log sigmoid(x) = -softplus(-x), stable.  dy/dx = sigmoid(-x)."""
-    xp = backend.array_module(x.data)
-    y = -_softplus(xp, -x.data)
-    return _make(y, (x,), lambda gy: (gy * _sigmoid(xp, -x.data),), "log_sigmoid")
+    y = -softplus_array(-x.data)
+    return record_op(y, (x,), lambda gy: (gy * sigmoid_array(-x.data),), "log_sigmoid")
 
 
 def bernoulli_log_prob(logits, x) -> Tensor:
@@ -492,15 +521,14 @@ def bernoulli_log_prob(logits, x) -> Tensor:
 
     `x` is a constant array of 0/1 (no gradient). d/dl = x - sigmoid(l).
     """
-    xp = backend.array_module(logits.data)
     xd = as_tensor(x, logits).data  # 0/1 targets of any dtype; NumPy arrays on 'cuda' raise
     if xd.dtype != logits.dtype:
         xd = xd.astype(logits.dtype)  # float64 targets must not make a float32 loss float64
     try:
-        y = xd * logits.data - _softplus(xp, logits.data)
+        y = xd * logits.data - softplus_array(logits.data)
     except ValueError:
         raise _broadcast_error("bernoulli_log_prob", logits, xd) from None
-    return _make(y, (logits,), lambda gy: (gy * (xd - _sigmoid(xp, logits.data)),), "bernoulli_log_prob")
+    return record_op(y, (logits,), lambda gy: (gy * (xd - sigmoid_array(logits.data)),), "bernoulli_log_prob")
 
 
 def where(cond, a, b) -> Tensor:
@@ -519,7 +547,7 @@ def where(cond, a, b) -> Tensor:
         zero = xp.zeros((), gy.dtype)
         return (xp.where(cond, gy, zero) if a.requires_grad else None,
                 xp.where(cond, zero, gy) if b.requires_grad else None)
-    return _make(y, (a, b), backward, "where")
+    return record_op(y, (a, b), backward, "where")
 
 
 # ============================================================================ reductions
@@ -548,7 +576,7 @@ def sum(x, axis=None, keepdims=False) -> Tensor:
     axes = _axes(axis, x.ndim)
     xp = backend.array_module(x.data)
     y = x.data.sum(axis=axes, keepdims=keepdims)
-    return _make(y, (x,), lambda gy: (xp.broadcast_to(_expand(gy, x.shape, axes, keepdims), x.shape),), "sum")
+    return record_op(y, (x,), lambda gy: (xp.broadcast_to(_expand(gy, x.shape, axes, keepdims), x.shape),), "sum")
 
 
 def mean(x, axis=None, keepdims=False) -> Tensor:
@@ -569,7 +597,7 @@ def max(x, axis=None, keepdims=False) -> Tensor:
     def backward(gy):
         hit = x.data == yk
         return (hit * (_expand(gy, x.shape, axes, keepdims) / hit.sum(axis=axes, keepdims=True)),)
-    return _make(y, (x,), backward, "max")
+    return record_op(y, (x,), backward, "max")
 
 
 def cumsum(x, axis=-1) -> Tensor:
@@ -581,7 +609,7 @@ def cumsum(x, axis=-1) -> Tensor:
     xp = backend.array_module(x.data)
     axis = _axes(axis, x.ndim)[0]
     y = xp.cumsum(x.data, axis=axis)
-    return _make(y, (x,), lambda gy: (xp.flip(xp.cumsum(xp.flip(gy, axis), axis=axis), axis),), "cumsum")
+    return record_op(y, (x,), lambda gy: (xp.flip(xp.cumsum(xp.flip(gy, axis), axis=axis), axis),), "cumsum")
 
 
 def logsumexp(x, axis=-1, keepdims=False) -> Tensor:
@@ -592,7 +620,7 @@ def logsumexp(x, axis=-1, keepdims=False) -> Tensor:
     m = xp.where(xp.isfinite(m), m, 0)  # all -inf (or inf) along the axis: no shift
     yk = m + xp.log(xp.exp(x.data - m).sum(axis=axes, keepdims=True))
     y = yk if keepdims else yk.reshape([n for i, n in enumerate(x.shape) if i not in axes])
-    return _make(y, (x,), lambda gy: (_expand(gy, x.shape, axes, keepdims) * xp.exp(x.data - yk),), "logsumexp")
+    return record_op(y, (x,), lambda gy: (_expand(gy, x.shape, axes, keepdims) * xp.exp(x.data - yk),), "logsumexp")
 
 
 def log_softmax(x, axis=-1) -> Tensor:
@@ -602,7 +630,7 @@ def log_softmax(x, axis=-1) -> Tensor:
     m = xp.where(xp.isfinite(m), m, 0)
     shifted = x.data - m
     y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
-    return _make(y, (x,), lambda gy: (gy - xp.exp(y) * gy.sum(axis=axis, keepdims=True),), "log_softmax")
+    return record_op(y, (x,), lambda gy: (gy - xp.exp(y) * gy.sum(axis=axis, keepdims=True),), "log_softmax")
 
 
 def softmax(x, axis=-1) -> Tensor:
@@ -611,7 +639,7 @@ def softmax(x, axis=-1) -> Tensor:
     m = x.data.max(axis=axis, keepdims=True)
     e = xp.exp(x.data - xp.where(xp.isfinite(m), m, 0))
     y = e / e.sum(axis=axis, keepdims=True)
-    return _make(y, (x,), lambda gy: (y * (gy - (gy * y).sum(axis=axis, keepdims=True)),), "softmax")
+    return record_op(y, (x,), lambda gy: (y * (gy - (gy * y).sum(axis=axis, keepdims=True)),), "softmax")
 
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
@@ -641,7 +669,7 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
         if bias is not None:
             out.append(gy.sum(axis=lead) if bias.requires_grad else None)
         return out
-    return _make(y, parents, backward, "layer_norm")
+    return record_op(y, parents, backward, "layer_norm")
 
 
 # ============================================================================ linear algebra
@@ -661,8 +689,7 @@ def matmul(a, b) -> Tensor:
     if b.ndim == 1:
         return reshape(matmul(a, reshape(b, (-1, 1))), a.shape[:-1])
     # A stack of rows times one matrix (a Linear layer on (N, T, D) inputs) is one product
-    # of (N T, D) rows: NumPy would make one small BLAS call per leading index instead
-    # (measured, (12, 64, 128) @ (128, 512): 4.7 ms against 1.4 ms on one thread).
+    # of (N T, D) rows: NumPy would make one small BLAS call per leading index instead.
     flat = b.ndim == 2 and a.ndim > 2
     try:
         y = (a.data.reshape(-1, a.shape[-1]) @ b.data).reshape(a.shape[:-1] + b.shape[-1:]) if flat else a.data @ b.data
@@ -683,7 +710,7 @@ def matmul(a, b) -> Tensor:
             else:
                 gb = a.data.swapaxes(-1, -2) @ gy
         return ga, gb
-    return _make(y, (a, b), backward, "matmul")
+    return record_op(y, (a, b), backward, "matmul")
 
 
 # ============================================================================ shape
@@ -693,7 +720,7 @@ def reshape(x, shape) -> Tensor:
         y = x.data.reshape(shape)
     except ValueError:
         raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} to {tuple(shape)}") from None
-    return _make(y, (x,), lambda gy: (gy.reshape(x.shape),), "reshape")
+    return record_op(y, (x,), lambda gy: (gy.reshape(x.shape),), "reshape")
 
 
 def transpose(x, axes=None) -> Tensor:
@@ -702,7 +729,7 @@ def transpose(x, axes=None) -> Tensor:
     if sorted(axes) != list(range(x.ndim)):
         raise ValueError(f"transpose: {axes} is not a permutation of the {x.ndim} axes of a tensor of shape {x.shape}")
     inverse = tuple(np.argsort(axes))
-    return _make(x.data.transpose(axes), (x,), lambda gy: (gy.transpose(inverse),), "transpose")
+    return record_op(x.data.transpose(axes), (x,), lambda gy: (gy.transpose(inverse),), "transpose")
 
 
 permute = transpose
@@ -736,7 +763,7 @@ def getitem(x, index) -> Tensor:
         else:
             backend.scatter_add(gx, index, gy)
         return (gx,)
-    return _make(y, (x,), backward, "getitem")
+    return record_op(y, (x,), backward, "getitem")
 
 
 def _check_ids(ids, k: int, what: str) -> None:
@@ -776,7 +803,7 @@ def gather(x, index, axis=-1, check: bool = True) -> Tensor:
         else:
             backend.scatter_add(gx, tuple(grid), gy)
         return (gx,)
-    return _make(y, (x,), backward, "gather")
+    return record_op(y, (x,), backward, "gather")
 
 
 def concatenate(tensors, axis=0) -> Tensor:
@@ -791,7 +818,7 @@ def concatenate(tensors, axis=0) -> Tensor:
 
     def backward(gy):
         return xp.split(gy, ends[:-1], axis=axis)
-    return _make(y, tuple(tensors), backward, "concatenate")
+    return record_op(y, tuple(tensors), backward, "concatenate")
 
 
 cat = concatenate
@@ -808,7 +835,7 @@ def stack(tensors, axis=0) -> Tensor:
 
     def backward(gy):
         return [xp.take(gy, i, axis=axis) for i in range(len(tensors))]
-    return _make(y, tuple(tensors), backward, "stack")
+    return record_op(y, tuple(tensors), backward, "stack")
 
 
 def split(x, sections, axis=0) -> list:
@@ -841,7 +868,7 @@ def embedding(weight, ids, check: bool = True) -> Tensor:
         gw = xp.zeros(weight.shape, gy.dtype)
         backend.scatter_add(gw, ids.reshape(-1), gy.reshape(-1, weight.shape[1]))
         return (gw,)
-    return _make(y, (weight,), backward, "embedding")
+    return record_op(y, (weight,), backward, "embedding")
 
 
 # ============================================================================ convolution
@@ -917,7 +944,7 @@ def _conv(x, weight, bias, pads, dilation, op):
                     for d, (lo, hi) in enumerate(pads)]
             gx = _correlate(gy, flipped, back, dilation)[0].transpose(first)
         return gx, gw, gb
-    return _make(y.transpose(first), parents, backward, op)
+    return record_op(y.transpose(first), parents, backward, op)
 
 
 def conv2d(x, weight, bias=None, padding=0) -> Tensor:

@@ -132,7 +132,7 @@ def check_finite(value: float, step: int) -> None:
 def select_device(name: str, seed: int) -> None:
     """Apply `--device`: a clear error (what to install) when CUDA is unavailable."""
     try:
-        backend.set_device(name, seed=seed)
+        backend.configure(name, seed=seed)
     except backend.DeviceError as e:
         sys.exit(f"error: {e}")
 

@@ -189,20 +189,25 @@ def _python(code, device=None, block_cupy=False, cupy=None):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_nanoar_device_env_var():
+def test_import_does_no_work_and_configure_reads_nanoar_device():
     show = "import nanoar; print(nanoar.get_device())"
-    r = _python(show)
+    r = _python(show, "bogus")  # importing reads nothing from the environment
     assert r.returncode == 0 and r.stdout.strip() == "cpu", r.stderr
-    r = _python(show, "cpu")
-    assert r.returncode == 0 and r.stdout.strip() == "cpu", r.stderr
-    r = _python(show, "bogus")
+    configure = "import nanoar; print(nanoar.configure(), nanoar.get_device())"
+    r = _python(configure)
+    assert r.returncode == 0 and r.stdout.split() == ["cpu", "cpu"], r.stderr
+    r = _python(configure, "cpu")
+    assert r.returncode == 0 and r.stdout.split() == ["cpu", "cpu"], r.stderr
+    r = _python(configure, "bogus")
     assert r.returncode != 0 and "ValueError" in r.stderr and "unknown device 'bogus'" in r.stderr
-    r = _python(show, "cuda", block_cupy=True)  # as on a machine without CuPy: a clear error at import
+    r = _python(configure, "cuda", block_cupy=True)  # as on a machine without CuPy: a clear error
     assert r.returncode != 0 and "DeviceError" in r.stderr and "pip install cupy" in r.stderr
+    r = _python("import nanoar; print(nanoar.configure('cpu'))", "bogus")  # an explicit device wins
+    assert r.returncode == 0 and r.stdout.strip() == "cpu", r.stderr
 
 
 def test_nanoar_device_env_var_selects_cuda(cuda):
-    r = _python("import nanoar; print(nanoar.get_device(), type(nanoar.Tensor([1.0]).data).__module__)", "cuda",
-                cupy=cuda)
+    r = _python("import nanoar; nanoar.configure(); print(nanoar.get_device(), type(nanoar.Tensor([1.0]).data).__module__)",
+                "cuda", cupy=cuda)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "cuda" and r.stdout.split()[1].startswith("cupy")

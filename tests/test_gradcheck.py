@@ -7,7 +7,7 @@ import pytest
 import nanoar
 from nanoar import Tensor
 from nanoar.gradcheck import numeric_grad
-from nanoar.tensor import _make
+from nanoar.tensor import record_op as _make
 
 
 def T(a, requires_grad=True, dtype="float64"):

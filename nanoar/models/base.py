@@ -7,46 +7,74 @@ By the chain rule, any distribution over D variables factorises in a chosen orde
 A model maps data to the parameters of all D conditionals in ONE parallel pass (masks or
 causal convolutions guarantee conditional i sees only the variables before it), so
 
+- `distribution(x)`: every conditional at once, as a head of `nanoar.distributions`;
 - `log_prob_per_variable(x) -> Tensor (N, *event_shape)`: log p(x_i | x_<i) for every i;
 - `log_prob(x) -> Tensor (N,)`: their sum, the exact log-likelihood in nats;
-- `sample(n, seed=None) -> array (n, *event_shape)`: ancestral sampling, one variable at a
-  time in `ordering`, each drawn from the same conditional that `log_prob` scores.
+- `sample(n, seed=None, method='fast') -> array (n, *event_shape)`: ancestral sampling,
+  one variable at a time in `ordering`, each drawn from the same conditional that
+  `log_prob` scores. method='naive' is the lecture's loop (`sample_naive`: one full pass
+  per variable); 'fast' reuses work between steps (each model's `sample_fast`), and both
+  turn the same noise into the same samples;
+- `training_loss(x, state) -> (loss, state)`: what one training step minimises.
 
 `ordering` is explicit: a flat array of variable indices (into the raveled event) in the
 order they are generated. Data that the model cannot score (a 0.5 in binary data, a class
 id out of range, the wrong shape) is refused by `check_data` with a clear error.
+
+`SequenceModel` adds what the models of id sequences share (WaveNet, the char LSTM and
+transformer): any length T, a start token, prompts, temperature and top-k.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import backend
+from ..distributions import sample_categorical
 from ..nn import Module
-from ..tensor import Tensor
+from ..tensor import Tensor, no_grad
+
+SAMPLING_METHODS = ("fast", "naive")
 
 
 class AutoregressiveModel(Module):
     """Base class. Subclasses set `event_shape`, `kind` ('binary', 'categorical' or 'real'),
-    `n_classes` (categorical), `ordering`, and implement `log_prob_per_variable` and `sample`.
+    `n_classes` (categorical), and implement `config`, `distribution` and `sample_fast`
+    (and `ordering` when it is not the natural order).
     """
 
     event_shape: tuple = ()
     kind: str = "binary"
     n_classes: int = 2
-    # Sequence models (WaveNet, char LSTM/transformer) score any length: with this flag
-    # `check_data` accepts (N, T) for every T >= 1, and `event_shape` is only the default
-    # length (of `sample` and of the enumerating tests).
+    # Sequence models score any length: with this flag `check_data` accepts (N, T) for every
+    # T >= 1, and `event_shape` is only the default length (of `sample` and of the tests).
     variable_length: bool = False
+    # Examples per batch when the scripts evaluate (memory grows with it).
+    eval_batch_size: int = 1000
+    # Whether the model reads its training data in order, carrying a state from one batch
+    # to the next (truncated backpropagation through time); otherwise batches are random.
+    stateful: bool = False
 
     @property
     def ordering(self) -> np.ndarray:
         """Generation order of the flattened variables (natural raster order by default)."""
         return np.arange(int(np.prod(self.event_shape)))
 
+    @property
+    def factorises(self) -> bool:
+        """Whether there is one set of D conditionals (`log_prob_per_variable`); False for a
+        mixture of autoregressive models."""
+        return True
+
+    @property
+    def dtype(self):
+        """The float dtype of the parameters (float32, or float64 when built under it)."""
+        return next(iter(self.named_parameters()))[1].dtype
+
     def config(self) -> dict:
         """The constructor arguments, JSON-able: `type(model)(**model.config())` rebuilds it."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ data
     def check_data(self, x):
         """Validate `x` (array or Tensor of shape (N, *event_shape)) and return its array.
 
@@ -88,21 +116,165 @@ class AutoregressiveModel(Module):
                 raise ValueError(f"{name}: real data contains NaN or inf")
         return a
 
-    def log_prob_per_variable(self, x) -> Tensor:
-        """log p(x_i | x_<i) for every variable: (N, *event_shape) -> Tensor (N, *event_shape)."""
+    def as_input(self, x):
+        """Checked data as the network takes it: ids stay an int array; binary and real data
+        become a Tensor of the parameters' dtype, and a Tensor of that dtype passes through
+        with its graph (so gradients with respect to the input reach it)."""
+        a = self.check_data(x)
+        if self.kind == "categorical":
+            return a
+        if isinstance(x, Tensor) and x.dtype == self.dtype:
+            return x
+        return Tensor(a, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ likelihood
+    def distribution(self, x):
+        """The conditional of every variable given the data before it, in one parallel pass:
+        a head of `nanoar.distributions` over (N, *event_shape). `x` is `as_input(data)`."""
         raise NotImplementedError
 
+    def log_prob_per_variable(self, x) -> Tensor:
+        """log p(x_i | x_<i) for every variable: (N, *event_shape) -> Tensor (N, *event_shape)."""
+        x = self.as_input(x)
+        return self.distribution(x).log_prob(x)
+
     def log_prob(self, x) -> Tensor:
-        """Exact log-likelihood in nats: (N, *event_shape) -> Tensor (N,)."""
+        """Exact log-likelihood in nats, the sum of the log-conditionals: (N, ...) -> Tensor (N,)."""
         lp = self.log_prob_per_variable(x)
         return lp.reshape(lp.shape[0], -1).sum(axis=1)
 
-    def sample(self, n: int, seed=None, **options):
-        """Exact ancestral samples: an array (n, *event_shape) on the current device."""
+    def training_loss(self, x, state=None):
+        """The loss of one training step on a batch and the state to carry to the next one
+        (None for models that carry nothing): the mean negative log-likelihood in nats."""
+        return -self.log_prob(x).mean(), state
+
+    def training_state(self) -> dict:
+        """JSON state a resumed run needs beyond the arrays (none by default)."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        pass
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, n: int, seed=None, method: str = "fast", **options):
+        """Exact ancestral samples: an array (n, *event_shape) on the current device.
+
+        seed: an int, or None for the backend's generator. method: 'fast' (default) or
+        'naive' (the lecture's loop); under one seed both return the same samples.
+        """
+        n = check_count(n)
+        if method not in SAMPLING_METHODS:
+            raise ValueError(f"{type(self).__name__}.sample: method must be 'fast' or 'naive', got {method!r}")
+        rng = backend.make_rng(seed)
+        with no_grad():
+            return self._sample(n, rng, method, **options)
+
+    def _sample(self, n: int, rng, method: str):
+        noise = self.sample_noise(rng, n)
+        x = self.sample_naive(noise) if method == "naive" else self.sample_fast(noise)
+        return x.reshape(n, *self.event_shape)
+
+    def sample_noise(self, rng, n: int):
+        """The randomness of n samples, drawn up front: one value per variable (n, D), in
+        variable order. Binary: u ~ U[0, 1) and x_i = [u_i < p(x_i = 1 | x_<i)]; real:
+        z ~ N(0, 1) and x_i = mean_i + std_i z_i."""
+        shape = (n, int(np.prod(self.event_shape)))
+        if self.kind == "real":
+            return rng.standard_normal(shape, dtype=self.dtype)
+        return rng.random(shape, dtype=self.dtype)
+
+    def sample_naive(self, noise):
+        """Ancestral sampling as the lecture draws it: for each variable i in `ordering`, one
+        full pass over the partly sampled data gives p(x_i | x_<i) (the variables not drawn
+        yet are zeros, which conditional i cannot see), and x_i is drawn from it.
+        noise: (n, D) from `sample_noise` -> x: (n, D)."""
+        n, d = noise.shape
+        x = backend.xp().zeros((n, d), self.dtype)
+        for i in self.ordering:
+            dist = self.distribution(Tensor(x.reshape(n, *self.event_shape), dtype=self.dtype))  # D passes in all
+            x[:, i] = dist.draw(noise.reshape(n, *self.event_shape)).reshape(n, d)[:, i]
+        return x
+
+    def sample_fast(self, noise):
+        """The same samples as `sample_naive(noise)` with less work (each model's own)."""
         raise NotImplementedError
 
 
+class SequenceModel(AutoregressiveModel):
+    """Models of id sequences (N, T) in [0, n_classes), any length T: log p(x) =
+    sum_t log p(x_t | x_<t), every conditional a softmax over the K classes.
+
+    Subclasses set `n_classes` and `seq_len` (the default length of `sample`), implement
+    `distribution` (a Categorical over (N, T)), `next_logits` (the naive step) and
+    `sample_fast`, and `forward_from_inputs` (the differentiable path from input features,
+    for checks of the autoregressive property).
+    """
+
+    kind = "categorical"
+    variable_length = True
+    seq_len: int = 1
+
+    @property
+    def event_shape(self) -> tuple:
+        return (self.seq_len,)
+
+    @property
+    def bos(self) -> int:
+        """The start token id (= n_classes), read at step 0 by models that read a token there."""
+        return self.n_classes
+
+    def log_prob_per_variable(self, x) -> Tensor:
+        """log p(x_t | x_<t): ids (N, T) -> Tensor (N, T)."""
+        a = self.check_data(x)
+        return self.distribution(a).log_prob(a, check=False)  # (the ids were just checked)
+
+    def _sample(self, n, rng, method, length=None, temperature: float = 1.0, top_k: int = 0, prompt=None):
+        """Sampling options: length (default `seq_len`); prompt, ids (P,) or (n, P) that the
+        samples start with; temperature / top_k reshape each conditional (1.0 / 0: exact
+        samples of the model)."""
+        length = self.seq_len if length is None else length
+        out, p = self._start(n, length, prompt)
+        if method == "naive":
+            for t in range(p, length):
+                logits = self.next_logits(out[:, :t])      # a full pass over the prefix
+                out[:, t] = sample_categorical(logits, rng, temperature, top_k)
+        else:
+            self.sample_fast(out, p, rng, temperature, top_k)
+        return out
+
+    def next_logits(self, prefix):
+        """The logits (n, K) of x_t given the ids prefix = x_<t (n, t), by one full forward pass
+        with nothing cached (the naive sampler's step; t = 0 is allowed)."""
+        raise NotImplementedError
+
+    def sample_fast(self, out, p: int, rng, temperature: float, top_k: int) -> None:
+        """Fill out[:, p:] (ids (n, length), the prompt in out[:, :p]) as the naive loop
+        would, drawing from the same generator in the same order, with cached state."""
+        raise NotImplementedError
+
+    def _start(self, n: int, length, prompt):
+        """The output buffer (n, length) int64 with the prompt copied in, and the prompt length."""
+        name = type(self).__name__
+        if not isinstance(length, (int, np.integer)) or length < 1:
+            raise ValueError(f"{name}.sample: length must be a positive integer, got {length!r}")
+        xp = backend.xp()
+        out = xp.zeros((n, int(length)), xp.int64)
+        if prompt is None:
+            return out, 0
+        a = prompt.data if isinstance(prompt, Tensor) else prompt
+        a = backend.to_device(np.asarray(a)) if not hasattr(a, "ndim") else a
+        if a.ndim == 1:
+            a = xp.broadcast_to(a[None, :], (n, a.shape[0]))
+        if a.ndim != 2 or a.shape[0] != n:
+            raise ValueError(f"{name}.sample: prompt must have shape (P,) or ({n}, P), got {tuple(a.shape)}")
+        if a.shape[1] > length:
+            raise ValueError(f"{name}.sample: prompt of {a.shape[1]} steps is longer than length={length}")
+        if a.shape[1]:
+            out[:, :a.shape[1]] = self.check_data(a)
+        return out, a.shape[1]
+
+
 def check_count(n) -> int:
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ValueError(f"number of samples must be a positive integer, got {n!r}")
     return int(n)

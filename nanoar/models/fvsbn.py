@@ -23,8 +23,8 @@ import numpy as np
 
 from .. import backend
 from ..distributions import Bernoulli
-from ..nn import _init_uniform
-from ..tensor import Tensor, _sigmoid, matmul
+from ..nn import init_uniform
+from ..tensor import Tensor, matmul, sigmoid_array
 from .base import AutoregressiveModel, check_count
 
 
@@ -44,8 +44,8 @@ class FVSBN(AutoregressiveModel):
         self.d = int(d)
         self.event_shape = (self.d,)
         bound = 1.0 / math.sqrt(self.d)
-        self.W = _init_uniform((self.d, self.d), bound)
-        self.b = _init_uniform((self.d,), bound)
+        self.W = init_uniform((self.d, self.d), bound)
+        self.b = init_uniform((self.d,), bound)
         # k=-1: the diagonal is excluded too, or x_i would predict itself and p would not sum to 1.
         mask = np.tril(np.ones((self.d, self.d)), k=-1).astype(backend.default_dtype())
         self.register_buffer("mask", backend.to_device(mask))
@@ -88,5 +88,5 @@ class FVSBN(AutoregressiveModel):
         x = xp.zeros((n, self.d), W.dtype)
         for i in range(self.d):
             logit = b[i] + (x[:, :i] @ W[i, :i] if i else 0)  # x_1 has no context: just b_1
-            x[:, i] = u[:, i] < _sigmoid(xp, logit)
+            x[:, i] = u[:, i] < sigmoid_array(logit)
         return x

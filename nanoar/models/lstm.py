@@ -30,9 +30,8 @@ from typing import NamedTuple
 from .. import backend
 from ..distributions import Categorical, sample_categorical
 from ..nn import Embedding, Linear, LSTMCell
-from ..tensor import Tensor, _make, concatenate, matmul, no_grad
-from .base import AutoregressiveModel, check_count
-from .wavenet import _start_samples
+from ..tensor import Tensor, record_op, concatenate, matmul, no_grad
+from .base import SequenceModel, check_count
 
 
 def lstm_cell(gates, c):
@@ -109,7 +108,7 @@ def lstm_layer(xw, w_h, h0, c0) -> Tensor:
         g_wh = hs[:, :-1].reshape(n * t, hsz).T @ g_gates.reshape(n * t, four_h)
         return g_gates, g_wh
 
-    return _make(hs[:, 1:], (xw, w_h), backward, "lstm_layer"), (hs[:, -1].copy(), cs[:, -1].copy())
+    return record_op(hs[:, 1:], (xw, w_h), backward, "lstm_layer"), (hs[:, -1].copy(), cs[:, -1].copy())
 
 
 class LSTMState(NamedTuple):
@@ -120,7 +119,7 @@ class LSTMState(NamedTuple):
     last: object
 
 
-class CharLSTM(AutoregressiveModel):
+class CharLSTM(SequenceModel):
     """Multi-layer LSTM over ids in [0, n_classes): embedding (with a BOS row) -> n_layers
     LSTM cells of hidden_size -> Linear -> logits. seq_len: default length of `sample` and
     `event_shape` (scoring accepts any T)."""
@@ -237,7 +236,7 @@ class CharLSTM(AutoregressiveModel):
         length = self.seq_len if length is None else int(length)
         if method not in ("fast", "naive"):
             raise ValueError(f"CharLSTM.sample: method must be 'fast' or 'naive', got {method!r}")
-        out, p = _start_samples(self, n, length, prompt)
+        out, p = self._start(n, length, prompt)
         rng = backend.make_rng(seed)
         with no_grad():
             state = self.initial_state(n)

@@ -31,8 +31,8 @@ import numpy as np
 
 from .. import backend
 from ..distributions import Bernoulli
-from ..nn import _init_uniform
-from ..tensor import Tensor, _make, _sigmoid, concatenate, cumsum, is_grad_enabled
+from ..nn import init_uniform
+from ..tensor import Tensor, concatenate, cumsum, is_grad_enabled, record_op, sigmoid_array
 from .base import AutoregressiveModel, check_count
 
 
@@ -90,7 +90,7 @@ def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: in
         xp.multiply(xt[lo:hi - 1, :, None], wt[lo:hi - 1, None, :], out=a[1:])
         _running_sum(xp, a)
         start = a[-1] + xt[hi - 1, :, None] * wt[hi - 1]  # a_hi
-        _sigmoid(xp, a, out=a)
+        sigmoid_array(a, out=a)
         logits[lo:hi] = xp.matmul(a, vd[lo:hi, :, None])[:, :, 0]  # l_i = V_i . h_i
     logits = logits.T + b.data
 
@@ -116,7 +116,7 @@ def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: in
                 gx[hi - 1] = later @ wt[hi - 1]
             later = G[0]
         return (None if gx is None else gx.T, gw.T, later.sum(axis=0), gv, gl.sum(axis=0))
-    return _make(xp.ascontiguousarray(logits), (x, W, c, V, b), backward, "nade_logits")
+    return record_op(xp.ascontiguousarray(logits), (x, W, c, V, b), backward, "nade_logits")
 
 
 class NADE(AutoregressiveModel):
@@ -135,10 +135,10 @@ class NADE(AutoregressiveModel):
                 raise ValueError(f"NADE: {name} must be a positive integer, got {v!r}")
         self.d, self.hidden = int(d), int(hidden)
         self.event_shape = (self.d,)
-        self.W = _init_uniform((self.hidden, self.d), 1.0 / math.sqrt(self.d))
-        self.c = _init_uniform((self.hidden,), 1.0 / math.sqrt(self.d))
-        self.V = _init_uniform((self.d, self.hidden), 1.0 / math.sqrt(self.hidden))
-        self.b = _init_uniform((self.d,), 1.0 / math.sqrt(self.hidden))
+        self.W = init_uniform((self.hidden, self.d), 1.0 / math.sqrt(self.d))
+        self.c = init_uniform((self.hidden,), 1.0 / math.sqrt(self.d))
+        self.V = init_uniform((self.d, self.hidden), 1.0 / math.sqrt(self.hidden))
+        self.b = init_uniform((self.d,), 1.0 / math.sqrt(self.hidden))
 
     def config(self) -> dict:
         return {"d": self.d, "hidden": self.hidden}
@@ -201,7 +201,7 @@ class NADE(AutoregressiveModel):
             h *= 0.5
             h += 0.5
             logit = h @ V[i] + b[i]
-            x[:, i] = u[:, i] < _sigmoid(xp, logit)
+            x[:, i] = u[:, i] < sigmoid_array(logit)
             xp.multiply(x[:, i:i + 1], Wt[i], out=step)
             a += step
         return x

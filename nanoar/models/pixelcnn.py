@@ -30,7 +30,7 @@ import numpy as np
 from .. import backend
 from ..distributions import Bernoulli
 from ..nn import Conv2d, MaskedConv2d
-from ..tensor import Tensor, no_grad, relu, sigmoid, tanh
+from ..tensor import Tensor, no_grad, relu, sigmoid, sigmoid_array, tanh
 from .base import AutoregressiveModel, check_count
 
 __all__ = ["PixelCNN", "GatedPixelCNN"]
@@ -40,17 +40,10 @@ __all__ = ["PixelCNN", "GatedPixelCNN"]
 # The samplers work on plain arrays of the current device (NumPy or CuPy): no graph, no
 # Tensor per pixel. Channels-last buffers (n, rows, cols, C) make a k x k window one slice
 # whose flattening (row, col, channel) matches `_window_matrix`.
-def _sigmoid(xp, a):
-    """Stable logistic on arrays: e = exp(-|a|) <= 1 never overflows, and for a << 0 the
-    result e / (1 + e) keeps its relative precision (no 1 - (1 - tiny) cancellation)."""
-    e = xp.exp(-xp.abs(a))
-    return xp.where(a >= 0, 1.0, e) / (1.0 + e)
-
-
 def _gate(xp, a):
     """Gated unit on the last axis: (..., 2C) -> (..., C), tanh(first half) * sigmoid(second)."""
     c = a.shape[-1] // 2
-    return xp.tanh(a[..., :c]) * _sigmoid(xp, a[..., c:])
+    return xp.tanh(a[..., :c]) * sigmoid_array(a[..., c:])
 
 
 def _window_matrix(weight, rows=None):
@@ -71,7 +64,7 @@ def _matrix_1x1(conv):
 def _draw(xp, logit, u):
     """Bernoulli draw from logits with given uniforms: x = 1 iff u < sigmoid(logit).
     Both samplers call this with the same u, so equal logits give equal pixels."""
-    return (u < _sigmoid(xp, logit)).astype(logit.dtype)
+    return (u < sigmoid_array(logit)).astype(logit.dtype)
 
 
 def _check_odd(name, k, minimum=1):

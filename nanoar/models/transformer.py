@@ -52,16 +52,9 @@ import math
 
 from .. import backend
 from ..distributions import Categorical, sample_categorical
-from ..nn import Embedding, LayerNorm, Linear, Module, Parameter
-from ..tensor import Tensor, _make, concatenate, gelu, matmul, no_grad, transpose
-from .base import AutoregressiveModel, check_count
-from .wavenet import _start_samples
-
-
-def _normal(shape, std) -> Parameter:
-    """N(0, std^2) drawn on the host from the seeded generator, moved once."""
-    w = (std * backend.host_rng().standard_normal(shape)).astype(backend.default_dtype())
-    return Parameter(backend.to_device(w))
+from ..nn import Embedding, LayerNorm, Linear, Module, Parameter, init_normal
+from ..tensor import Tensor, record_op, concatenate, gelu, matmul, no_grad, transpose
+from .base import SequenceModel, check_count
 
 
 def split_heads(qkv, n: int, n_heads: int):
@@ -116,7 +109,7 @@ def causal_self_attention(qkv, n: int, n_heads: int) -> Tensor:
         gq[...] = ga @ k
         gk[...] = ga.swapaxes(-1, -2) @ q
         return (g.reshape(n * t, 3 * h * d),)
-    return _make(y, (qkv,), backward, "causal_self_attention")
+    return record_op(y, (qkv,), backward, "causal_self_attention")
 
 
 class Block(Module):
@@ -133,7 +126,7 @@ class Block(Module):
         self.fc = Linear(dim, 4 * dim, bias=bias)
         self.fc2 = Linear(4 * dim, dim, bias=bias)
         for lin, std in ((self.qkv, 0.02), (self.proj, resid_std), (self.fc, 0.02), (self.fc2, resid_std)):
-            lin.weight = _normal(lin.weight.shape, std)
+            lin.weight = init_normal(lin.weight.shape, std)
             if lin.bias is not None:
                 lin.bias = Parameter(backend.xp().zeros(lin.bias.shape, backend.default_dtype()))
 
@@ -156,7 +149,7 @@ class Block(Module):
         return u + self.fc2(gelu(self.fc(self.ln2(u))))
 
 
-class CharTransformer(AutoregressiveModel):
+class CharTransformer(SequenceModel):
     """GPT-style transformer over ids in [0, n_classes), exact with a BOS start token.
 
     context: positions (the longest exactly-scored sequence); n_layers, n_heads, dim: size
@@ -186,7 +179,7 @@ class CharTransformer(AutoregressiveModel):
         self.head = None
         if not tied:
             self.head = Linear(dim, n_classes, bias=self.bias)
-            self.head.weight = _normal(self.head.weight.shape, 0.02)
+            self.head.weight = init_normal(self.head.weight.shape, 0.02)
             if self.bias:
                 self.head.bias = Parameter(backend.xp().zeros(n_classes, backend.default_dtype()))
 
@@ -269,7 +262,7 @@ class CharTransformer(AutoregressiveModel):
         length = self.seq_len if length is None else int(length)
         if method not in ("fast", "naive"):
             raise ValueError(f"CharTransformer.sample: method must be 'fast' or 'naive', got {method!r}")
-        out, p = _start_samples(self, n, length, prompt)
+        out, p = self._start(n, length, prompt)
         rng = backend.make_rng(seed)
         xp, c = backend.xp(), self.context
         d = self.dim // self.n_heads

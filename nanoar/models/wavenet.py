@@ -58,8 +58,8 @@ import numpy as np
 from .. import backend
 from ..distributions import Categorical, sample_categorical
 from ..nn import CausalConv1d, Conv1d, Embedding
-from ..tensor import Tensor, _make, concatenate, embedding, matmul, no_grad, relu, transpose
-from .base import AutoregressiveModel, check_count
+from ..tensor import Tensor, record_op, concatenate, embedding, matmul, no_grad, relu, transpose
+from .base import SequenceModel, check_count
 
 
 def gated_activation(y) -> Tensor:
@@ -85,7 +85,7 @@ def gated_activation(y) -> Tensor:
         gs *= ta
         xp.multiply(gs, 1.0 - sb, out=gy[:, c:])
         return (gy,)
-    return _make(z, (y,), backward, "gated_activation")
+    return record_op(z, (y,), backward, "gated_activation")
 
 
 def residual_layer(u, weight, bias, res_weight, res_bias, skip_weight, skip_bias, dilation: int, split: int) -> Tensor:
@@ -159,10 +159,10 @@ def residual_layer(u, weight, bias, res_weight, res_bias, skip_weight, skip_bias
             shift = min((k - 1 - j) * dilation, t)
             gu[:, :t - shift, :r] += gcols[:, shift:, j]
         return (gu, gw, gb, g_wrs[:, :r].T[:, :, None], g_brs[:r], g_wrs[:, r:].T[:, :, None], g_brs[r:])
-    return _make(out, (u, weight, bias, res_weight, res_bias, skip_weight, skip_bias), backward, "residual_layer")
+    return record_op(out, (u, weight, bias, res_weight, res_bias, skip_weight, skip_bias), backward, "residual_layer")
 
 
-class WaveNet(AutoregressiveModel):
+class WaveNet(SequenceModel):
     """WaveNet over sequences of ids in [0, n_classes), any length T.
 
     n_classes: K; residual_channels, dilation_channels (even: a tanh and a sigmoid half),
@@ -327,7 +327,7 @@ class WaveNet(AutoregressiveModel):
         length = self.seq_len if length is None else int(length)
         if method not in ("fast", "naive"):
             raise ValueError(f"WaveNet.sample: method must be 'fast' or 'naive', got {method!r}")
-        out, p = _start_samples(self, n, length, prompt)
+        out, p = self._start(n, length, prompt)
         rng = backend.make_rng(seed)
         with no_grad():
             if method == "fast":
@@ -346,27 +346,6 @@ class WaveNet(AutoregressiveModel):
                 cols = self._features(out[:, t - r:t])
             logits = self.trunk(cols).data[:, :, -1]
             out[:, t] = sample_categorical(logits, rng, temperature, top_k)
-
-
-def _start_samples(model, n, length, prompt):
-    """The output buffer (n, length) int64 with the prompt copied in, and the prompt length."""
-    xp = backend.xp()
-    if length < 1:
-        raise ValueError(f"{type(model).__name__}.sample: length must be >= 1, got {length}")
-    out = xp.zeros((n, length), xp.int64)
-    if prompt is None:
-        return out, 0
-    a = prompt.data if isinstance(prompt, Tensor) else prompt
-    a = backend.to_device(np.asarray(a)) if not hasattr(a, "ndim") else a
-    if a.ndim == 1:
-        a = xp.broadcast_to(a[None, :], (n, a.shape[0]))
-    if a.ndim != 2 or a.shape[0] != n:
-        raise ValueError(f"{type(model).__name__}.sample: prompt must have shape (P,) or ({n}, P), got {tuple(a.shape)}")
-    if a.shape[1] > length:
-        raise ValueError(f"{type(model).__name__}.sample: prompt of {a.shape[1]} steps is longer than length={length}")
-    if a.shape[1]:
-        out[:, :a.shape[1]] = model.check_data(a)
-    return out, a.shape[1]
 
 
 class _FastSampler:
