@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from nanoar import backend, data, no_grad
+from nanoar import backend, datasets, no_grad
 from nanoar.checkpoint import rng_from_state, rng_state
 from nanoar.models import build_model
 from nanoar.models.lstm import LSTMState
@@ -168,18 +168,18 @@ def train(args) -> None:
 
     if resume_path:
         model, opt, meta = load_run(resume_path, make_opt)
-        text = data.load_text(meta["data"]["path"], args.data_dir)
-        vocab = data.CharVocab.from_dict(meta["vocab"])
+        text = datasets.load_text(meta["data"]["path"], args.data_dir)
+        vocab = datasets.CharVocab.from_dict(meta["vocab"])
         loop = meta["loop"]
         print(f"resuming {resume_path} at iteration {loop['iter']}")
     else:
-        text = data.load_text(args.data, args.data_dir)
-        train_text, _ = data.split_text(text)
-        vocab = data.CharVocab.from_text(train_text)
+        text = datasets.load_text(args.data, args.data_dir)
+        train_text, _ = datasets.split_text(text)
+        vocab = datasets.CharVocab.from_text(train_text)
         model, meta = new_model(args, len(vocab)), None
         opt = make_opt(model.parameters())
         loop = {"iter": 0, "rng": rng_state(np.random.default_rng(args.seed)), "best_valid": None}
-    train_text, valid_text = data.split_text(text)
+    train_text, valid_text = datasets.split_text(text)
     train_ids = vocab.encode(train_text)
     try:
         valid_ids = vocab.encode(valid_text)
@@ -210,7 +210,7 @@ def train(args) -> None:
                 x = streams.next_chunk(train_ids)
                 lp, streams.state = model.log_prob_chunk(backend.to_device(x), streams.state)
             else:  # random windows, each scored as a whole sequence
-                x = data.get_windows(train_ids, args.batch_size, args.context - 1, rng)  # (B, context)
+                x = datasets.get_windows(train_ids, args.batch_size, args.context - 1, rng)  # (B, context)
                 lp = model.log_prob_per_variable(backend.to_device(x))
             loss = -lp.mean()
             opt.zero_grad()
@@ -257,11 +257,11 @@ def main(argv=None) -> None:
     select_device(args.device, args.seed)
     if args.sample:
         model, _, meta = load_run(args.sample)
-        print(sample_text(model, data.CharVocab.from_dict(meta["vocab"]), args))
+        print(sample_text(model, datasets.CharVocab.from_dict(meta["vocab"]), args))
         return
     try:
         train(args)
-    except data.DataError as e:
+    except datasets.DataError as e:
         sys.exit(f"error: {e}")
 
 

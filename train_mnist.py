@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from nanoar import backend, data, no_grad
+from nanoar import backend, datasets, no_grad
 from nanoar.checkpoint import rng_from_state, rng_state
 from nanoar.models import build_model
 from nanoar.optim import Adam, clip_grad_norm
@@ -76,11 +76,11 @@ def load_data(args, meta=None):
                                       "threshold": args.threshold}
     name = spec["dataset"]
     if os.path.isdir(name):
-        images = data.load_idx_folder(name)
+        images = datasets.load_idx_folder(name)
     else:
-        images = data.load_images(name, args.data_dir, labels=False)
+        images = datasets.load_images(name, args.data_dir, labels=False)
     spec = {**spec, "binarization": spec["binarization"] or ("fixed" if images.binary else "threshold")}
-    return data.BinaryImageData(images, spec["binarization"], threshold=spec["threshold"]), spec
+    return datasets.BinaryImageData(images, spec["binarization"], threshold=spec["threshold"]), spec
 
 
 def new_model(args, shape):
@@ -117,7 +117,7 @@ def mean_nll(model, x, batch_size=None) -> float:
     return total / len(x)
 
 
-def baselines(ds: data.BinaryImageData) -> None:
+def baselines(ds: datasets.BinaryImageData) -> None:
     """The yardsticks: a uniform model, and independent per-pixel Bernoullis fitted on train."""
     d = int(np.prod(ds.test.shape[1:]))
     # Mean of the training pixels (for dynamic binarization, its expectation), smoothed so
@@ -298,7 +298,7 @@ def main(argv=None) -> None:
         return
     try:
         train(args)
-    except data.DataError as e:
+    except datasets.DataError as e:
         sys.exit(f"error: {e}")
 
 

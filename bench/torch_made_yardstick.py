@@ -20,7 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_ref  # noqa: E402
 
-from nanoar import data  # noqa: E402
+from nanoar import datasets  # noqa: E402
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     args = p.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    ds = data.BinaryImageData.load("fashion-mnist")
+    ds = datasets.BinaryImageData.load("fashion-mnist")
     model = torch_ref.MADE(784, (500, 500))
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     rng = np.random.default_rng(0)

@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from . import backend, no_grad
+from . import backend
+from .tensor import no_grad
 from .optim import Adam, AdamW
 
 WORKLOADS = ("made", "made-eval", "pixelcnn", "wavenet", "chargpt", "sample-wavenet", "sample-pixelcnn", "sample-made")

@@ -12,10 +12,11 @@ Why this shape:
   so opening a checkpoint from someone else cannot run code.
 * Metadata (config, step, vocabulary, RNG state...) is JSON, readable with
   nothing but the standard library.
-* Saving is atomic: the file is written under a temporary name in the same
-  folder, flushed and fsynced, then renamed over the target with
-  ``os.replace``.  A crash or a full disk mid-save leaves the previous
-  checkpoint untouched (plus, at worst, a stray ``.tmp`` file).
+* Saving is atomic (``nanoar.datasets.download.atomic_write``): the file is
+  written under a temporary name in the same folder, flushed and fsynced,
+  then renamed over the target with ``os.replace``.  A crash or a full disk
+  mid-save leaves the previous checkpoint untouched (plus, at worst, a stray
+  ``.tmp`` file).
 
 Arrays must already be NumPy arrays; converting from CuPy (``.get()`` or
 ``cupy.asnumpy``) is the caller's explicit choice, so a device-to-host copy
@@ -26,11 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, Mapping
 
 import numpy as np
+
+from .datasets.download import atomic_write
 
 __all__ = [
     "META_KEY",
@@ -86,50 +88,14 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], m
     entries = dict(arrays)
     entries[META_KEY] = _encode_meta(meta or {})
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); give it the permissions a
-        # plain open() would have, as the file it replaces probably had.
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "wb") as f:
-            # This is what np.savez does, written out: np.savez's own
-            # keyword arguments ('file', 'allow_pickle') would collide with
-            # arrays of those names, and here pickling is refused outright.
-            with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for name, arr in entries.items():
-                    with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make the rename itself durable (POSIX); a no-op where unsupported."""
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    with atomic_write(path) as f:
+        # This is what np.savez does, written out: np.savez's own keyword
+        # arguments ('file', 'allow_pickle') would collide with arrays of
+        # those names, and here pickling is refused outright.
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, arr in entries.items():
+                with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

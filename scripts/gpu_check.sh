@@ -47,7 +47,7 @@ fi
 echo "== train_mnist.py --device cuda (generated 28x28 IDX data, 2 epochs)"
 "$py" - "$work/idx" <<'PY'
 import sys, numpy as np
-from nanoar.data import write_idx
+from nanoar.datasets import write_idx
 rng = np.random.default_rng(0)
 for name, n in (("train-images-idx3-ubyte.gz", 2000), ("t10k-images-idx3-ubyte.gz", 500)):
     x = rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nanoar
-from nanoar import data, training
+from nanoar import datasets, training
 from nanoar.checkpoint import load_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,8 +34,8 @@ def idx_folder(tmp_path):
 
     folder = tmp_path / "idx"
     folder.mkdir()
-    data.write_idx(folder / "train-images-idx3-ubyte.gz", images(240))
-    data.write_idx(folder / "t10k-images-idx3-ubyte", images(60))
+    datasets.write_idx(folder / "train-images-idx3-ubyte.gz", images(240))
+    datasets.write_idx(folder / "t10k-images-idx3-ubyte", images(60))
     return str(folder)
 
 

@@ -1,375 +1,44 @@
-"""Data loading for nanoar: image datasets (MNIST family) and character-level text.
+"""Image datasets: MNIST, Fashion-MNIST and binarized MNIST; binarization and splits.
 
-Everything here is host-side NumPy.  Models run on whatever backend they like;
-the training loop converts a batch to the device array type itself.
+* ``load_images`` finds a dataset's files (a read-only folder such as Debian's
+  /usr/share/datasets/fashion-mnist, then the cache, then a download),
+  checks them and returns an ``ImageSplits`` of uint8 arrays.
+* ``load_idx_folder`` reads your own MNIST-style IDX files.
+* ``binarize_threshold`` / ``binarize_dynamic`` turn grey levels into 0/1,
+  ``split_validation`` holds out the end of the training file, and
+  ``BinaryImageData`` serves shuffled 0/1 training batches plus fixed
+  validation and test sets.
 
-Contents, in reading order:
-
-1. IDX files -- the format MNIST and Fashion-MNIST ship in (``read_idx``,
-   ``write_idx``).
-2. Downloads -- ``download`` fetches a file from a list of mirrors into a
-   cache directory, verifying a SHA-256 checksum before the file is used.
-3. Image datasets -- ``load_images`` for ``'mnist'``, ``'fashion-mnist'`` and
-   ``'binarized-mnist'``.
-4. Binarization and splits -- ``binarize_threshold``, ``binarize_dynamic``,
-   ``split_validation`` and ``BinaryImageData``, which yields shuffled training
-   batches of 0/1 images.
-5. Text -- tiny Shakespeare, ``CharVocab``, ``split_text``, ``get_batch`` and
-   ``get_windows``.
-
-Every error that is the data's fault (missing, corrupt, wrong format, failed
-download) is a ``DataError``, a ``ValueError`` whose message names the file and
-says what is wrong.
+Everything here is host-side NumPy; the training loop moves a batch to the
+device itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
-import http.client
 import os
-import struct
-import sys
-import tempfile
-import urllib.request
-import zlib
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from .download import DataError, atomic_write, default_data_dir, download, log_progress
+from .idx import gunzip_if_needed, parse_idx, read_idx
+
 __all__ = [
-    "DataError",
-    "read_idx",
-    "parse_idx",
-    "write_idx",
-    "download",
-    "sha256_file",
-    "default_data_dir",
     "MNIST_MIRRORS",
     "FASHION_MNIST_MIRRORS",
     "FASHION_MNIST_SYSTEM_DIRS",
     "BINARIZED_MNIST_MIRRORS",
     "ImageSplits",
     "load_images",
+    "load_idx_folder",
+    "parse_amat",
     "binarize_threshold",
     "binarize_dynamic",
     "split_validation",
     "BinaryImageData",
-    "TINY_SHAKESPEARE_URL",
-    "TINY_SHAKESPEARE_SHA256",
-    "load_text",
-    "CharVocab",
-    "split_text",
-    "get_batch",
-    "get_windows",
-    "sequential_windows",
 ]
-
-
-class DataError(ValueError):
-    """A data file is missing, corrupt, of the wrong format, or could not be downloaded.
-
-    The message always names the file (its path, or the URL for a download).
-    """
-
-
-# ---------------------------------------------------------------------------
-# 1. IDX files
-# ---------------------------------------------------------------------------
-#
-# Layout (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"):
-#
-#   bytes 0-1   0x00 0x00
-#   byte  2     element type (see _IDX_DTYPES)
-#   byte  3     number of dimensions, ndim
-#   4*ndim      the dimensions, each a big-endian unsigned 32-bit int
-#   rest        the elements, C order, big-endian
-#
-# MNIST distributes these gzip-compressed.  We recognise gzip by its magic
-# bytes rather than by a ".gz" suffix, because people gunzip files and keep
-# the name, or rename them, and a wrong guess would turn into a confusing
-# "bad magic" error.
-
-_GZIP_MAGIC = b"\x1f\x8b"
-
-# Element-type byte -> big-endian NumPy dtype as stored in the file.
-_IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-# Native dtype -> element-type byte, for write_idx.
-_IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
-
-
-def _read_bytes(path: str) -> bytes:
-    """Whole file contents, gunzipped if the file starts with the gzip magic."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    return _maybe_gunzip(raw, path)
-
-
-def _maybe_gunzip(raw: bytes, name: str) -> bytes:
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        # OSError covers gzip.BadGzipFile and CRC errors; EOFError a
-        # truncated stream; zlib.error a corrupt deflate block.
-        raise DataError(f"{name}: bad gzip stream ({e})") from None
-
-
-def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode the bytes of an (uncompressed) IDX file.
-
-    Args:
-        data: the file contents.
-        name: used in error messages (normally the file's path).
-
-    Returns:
-        An array with the file's shape and a native-byte-order dtype
-        (uint8, int8, int16, int32, float32 or float64).
-    """
-    if len(data) < 4:
-        raise DataError(f"{name}: not an IDX file: only {len(data)} bytes, the header alone is at least 4")
-    zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
-    if zero0 != 0 or zero1 != 0 or code not in _IDX_DTYPES:
-        raise DataError(
-            f"{name}: bad magic {data[:4].hex(' ')}: an IDX file starts with 00 00, "
-            f"then an element type in {{{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}}}, then ndim"
-        )
-    header_len = 4 + 4 * ndim
-    if len(data) < header_len:
-        raise DataError(
-            f"{name}: truncated header: {ndim} dimensions need {header_len} header bytes, got {len(data)}"
-        )
-    shape = struct.unpack(f">{ndim}I", data[4:header_len])
-    dtype = _IDX_DTYPES[code]
-    expected = header_len + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        # Short: truncated download or copy.  Long: not what the header
-        # claims either; better to refuse than to silently ignore data.
-        raise DataError(
-            f"{name}: size mismatch: header says shape {shape} of {dtype.name}, "
-            f"so expected {expected} bytes, got {len(data)}"
-        )
-    arr = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
-    # Native byte order (and a writeable copy rather than a view of `data`).
-    return arr.astype(dtype.newbyteorder("="))
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file, gzipped or plain (detected by content, not by name).
-
-    Returns:
-        The array, e.g. (60000, 28, 28) uint8 for MNIST training images or
-        (60000,) uint8 for its labels.
-
-    Raises:
-        DataError: missing file, bad gzip stream, bad magic, size mismatch.
-    """
-    path = os.fspath(path)
-    return parse_idx(_read_bytes(path), name=path)
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as an IDX file; gzip-compressed if ``path`` ends in ``.gz``.
-
-    Supported dtypes: uint8, int8, int16, int32, float32, float64.
-    The write is atomic (temporary file + rename).
-    """
-    path = os.fspath(path)
-    array = np.asarray(array)
-    native = array.dtype.newbyteorder("=")
-    if native not in _IDX_CODES:
-        raise TypeError(
-            f"write_idx({path!r}): dtype {array.dtype} has no IDX type code; "
-            "use uint8, int8, int16, int32, float32 or float64"
-        )
-    if array.ndim > 255 or any(d >= 2**32 for d in array.shape):
-        raise ValueError(f"write_idx({path!r}): shape {array.shape} does not fit an IDX header")
-    code = _IDX_CODES[native]
-    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
-    if path.endswith(".gz"):
-        payload = gzip.compress(payload, mtime=0)  # mtime=0: same array, same bytes
-    _atomic_write_bytes(path, payload)
-
-
-def _atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-# ---------------------------------------------------------------------------
-# 2. Downloads and the cache directory
-# ---------------------------------------------------------------------------
-
-
-def default_data_dir() -> str:
-    """Where downloaded datasets are cached.
-
-    ``$NANOAR_DATA`` if set, else ``$XDG_CACHE_HOME/nanoar``, else
-    ``~/.cache/nanoar``.  The folder is created on first download, not here.
-    """
-    if os.environ.get("NANOAR_DATA"):
-        return os.environ["NANOAR_DATA"]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "nanoar")
-
-
-def sha256_file(path: str) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (files may be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _log(msg: str) -> None:
-    # Progress goes to stderr so that it never mixes with a program's output.
-    print(f"nanoar: {msg}", file=sys.stderr, flush=True)
-
-
-def _fetch_to(url: str, part: str, timeout: float) -> tuple[str, int]:
-    """Stream ``url`` into ``part``; return (sha256 hex, byte count).
-
-    Raises on any network failure, including a body shorter than its
-    Content-Length (a dropped connection), so that a partial file is never
-    reported as a success.
-    """
-    h = hashlib.sha256()
-    n = 0
-    with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
-        length = resp.headers.get("Content-Length")
-        while True:
-            # If the server closes early, http.client may raise IncompleteRead
-            # or just return b"" -- hence the explicit length check below.
-            # Without a Content-Length, only the checksum can catch it.
-            chunk = resp.read(1 << 16)
-            if not chunk:
-                break
-            out.write(chunk)
-            h.update(chunk)
-            n += len(chunk)
-        if length is not None and n != int(length):
-            raise ConnectionError(f"connection closed after {n} of {length} bytes")
-        out.flush()
-        os.fsync(out.fileno())
-    return h.hexdigest(), n
-
-
-def download(
-    urls: str | Sequence[str],
-    dest_path: str | os.PathLike,
-    sha256: str | None,
-    *,
-    timeout: float = 30.0,
-) -> str:
-    """Make sure ``dest_path`` holds the file with checksum ``sha256``; return the path.
-
-    * If ``dest_path`` exists and its SHA-256 matches, nothing is downloaded.
-      If it exists but does not match (a corrupt or old cached copy), a message
-      says so on stderr, the file is deleted and downloaded again.
-    * Otherwise each URL in ``urls`` is tried in turn.  The body is streamed
-      into ``dest_path + '.part'`` in the same folder and only renamed to
-      ``dest_path`` (``os.replace``, atomic) after the checksum matches, so a
-      file at ``dest_path`` is always complete.  A leftover ``.part`` from an
-      interrupted run is simply overwritten.
-    * A mirror that fails (network error, HTTP error, truncated body, wrong
-      checksum) is skipped and the next one tried; its ``.part`` is deleted.
-    * If every mirror fails, a DataError lists each failure -- a checksum
-      mismatch names the expected and actual hash -- and says exactly where to
-      put the file by hand for offline use.
-
-    Args:
-        urls: one URL or a list of mirrors' URLs for the same file.
-        dest_path: final location of the file.
-        sha256: expected hex SHA-256, or None to skip verification (only for
-            files whose format the caller checks strictly itself).
-        timeout: seconds for connecting and for each read.
-    """
-    urls = [urls] if isinstance(urls, str) else list(urls)
-    dest_path = os.path.abspath(os.fspath(dest_path))
-    expected = sha256.lower() if sha256 else None
-
-    if os.path.exists(dest_path):
-        if expected is None:
-            return dest_path
-        actual = sha256_file(dest_path)
-        if actual == expected:
-            return dest_path
-        _log(
-            f"cached file {dest_path} is corrupt or out of date "
-            f"(sha256 {actual}, expected {expected}); deleting it and downloading again"
-        )
-        os.remove(dest_path)
-
-    os.makedirs(os.path.dirname(dest_path), exist_ok=True)
-    part = dest_path + ".part"
-    failures = []
-    for url in urls:
-        _log(f"downloading {url} -> {dest_path}")
-        try:
-            actual, nbytes = _fetch_to(url, part, timeout)
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            # OSError: URLError, HTTPError, timeouts, refused/reset connections.
-            # HTTPException: IncompleteRead, bad status lines.
-            # ValueError: a malformed URL.
-            _remove_quietly(part)
-            failures.append(f"{url}: {type(e).__name__}: {e}")
-            _log(f"  failed: {type(e).__name__}: {e}")
-            continue
-        if expected is not None and actual != expected:
-            _remove_quietly(part)
-            failures.append(
-                f"{url}: checksum mismatch for {os.path.basename(dest_path)}: "
-                f"expected sha256 {expected}, got {actual} ({nbytes} bytes)"
-            )
-            _log(f"  failed: {failures[-1]}")
-            continue
-        os.replace(part, dest_path)
-        _log(f"  done, {nbytes} bytes")
-        return dest_path
-
-    lines = "\n".join("  " + f for f in failures) or "  (no URLs given)"
-    raise DataError(
-        f"could not download {os.path.basename(dest_path)}:\n{lines}\n"
-        f"To use it offline, get the file yourself and put it at exactly\n  {dest_path}\n"
-        + (f"(its sha256 must be {expected})" if expected else "")
-    )
-
-
-# ---------------------------------------------------------------------------
-# 3. Image datasets
-# ---------------------------------------------------------------------------
 
 # Mirrors of the original MNIST files, in the order torchvision uses them
 # (yann.lecun.com itself now often refuses downloads).
@@ -477,7 +146,7 @@ _FASHION_MNIST_FILES = {
 # 784 space-separated 0/1 values.  Checksums and sizes from TensorFlow
 # Datasets' url_checksums/binarized_mnist.txt (sizes: exactly rows * 784 * 2
 # bytes, i.e. one digit plus one space or newline per value).  On top of the
-# checksum, _parse_amat checks the format strictly (row count, 784 columns,
+# checksum, parse_amat checks the format strictly (row count, 784 columns,
 # only 0/1), so a file given by hand with sha256 unknown is still validated.
 _BINARIZED_MNIST_FILES = {
     "train": ("binarized_mnist_train.amat", "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d", 50000),
@@ -528,7 +197,7 @@ def _verify_local_idx(path: str, spec: _IdxFile) -> np.ndarray:
     """
     with open(path, "rb") as f:
         raw = f.read()
-    data = _maybe_gunzip(raw, path)
+    data = gunzip_if_needed(raw, path)
     arr = parse_idx(data, name=path)
     if hashlib.sha256(raw).hexdigest() == spec.sha256:
         return arr
@@ -549,8 +218,9 @@ def _load_idx_file(spec: _IdxFile, search_dirs: Sequence[str], cache_dir: str, m
     Order: each folder of ``search_dirs`` (read-only copies such as Debian's),
     trying the .gz name and the name without .gz; then a file without .gz in
     ``cache_dir`` (put there by hand); then ``download`` into ``cache_dir``,
-    which uses the cached .gz if its checksum matches and re-downloads it if
-    not.  A local copy that exists but is wrong is an error, not skipped:
+    which uses the cached .gz if its checksum matches and otherwise downloads
+    it (keeping a mismatching cached .gz until a verified copy replaces it).
+    Only that last step needs the network and pooch.  A local copy that exists but is wrong is an error, not skipped:
     silently using some other copy would hide the problem.
     """
     plain = spec.name[:-3] if spec.name.endswith(".gz") else spec.name
@@ -569,13 +239,17 @@ def _load_idx_file(spec: _IdxFile, search_dirs: Sequence[str], cache_dir: str, m
     return arr
 
 
-def _parse_amat(raw: bytes, rows: int, name: str) -> np.ndarray:
+def parse_amat(raw: bytes, rows: int, name: str) -> np.ndarray:
     """Parse a binarized-MNIST .amat file into (rows, 28, 28) uint8 0/1.
 
     The files are ``rows`` lines of 784 values "0"/"1" separated by single
-    spaces.  That fixed layout lets us decode 39 million values with one
-    NumPy reshape instead of a text parser (seconds instead of a minute); a
-    file with other whitespace falls back to a general split.
+    spaces.  That fixed layout is decoded with one NumPy reshape of the raw
+    bytes instead of a text parser; a file with other whitespace falls back
+    to a general split.
+
+    Raises:
+        DataError: wrong row count, a row without 784 values, or values other
+            than 0 and 1 (``name`` is used in the message).
     """
     width = 784 * 2
     if len(raw) == rows * width:
@@ -617,21 +291,15 @@ def _load_binarized_mnist(cache_dir: str, mirrors: Sequence[str]) -> ImageSplits
             if all(arrays[k].shape == s and arrays[k].dtype == np.uint8 and arrays[k].max() <= 1 for k, s in shapes.items()):
                 return ImageSplits("binarized-mnist", arrays["train"], arrays["test"], valid=arrays["valid"], binary=True)
         except Exception as e:  # any failure just means: rebuild the cache
-            _log(f"ignoring unreadable cache {npz_path} ({type(e).__name__}: {e}); rebuilding it")
+            log_progress(f"ignoring unreadable cache {npz_path} ({type(e).__name__}: {e}); rebuilding it")
     arrays = {}
     for split, (name, sha, rows) in _BINARIZED_MNIST_FILES.items():
         path = download([m + name for m in mirrors], os.path.join(cache_dir, name), sha)
         with open(path, "rb") as f:
-            arrays[split] = _parse_amat(f.read(), rows, path)
-    # Write the cache atomically so that a crash never leaves a half .npz.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".binarized_mnist.", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, npz_path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+            arrays[split] = parse_amat(f.read(), rows, path)
+    # Written atomically, so that a crash never leaves a half .npz.
+    with atomic_write(npz_path) as f:
+        np.savez(f, **arrays)
     return ImageSplits("binarized-mnist", arrays["train"], arrays["test"], valid=arrays["valid"], binary=True)
 
 
@@ -704,9 +372,8 @@ def load_idx_folder(folder: str) -> ImageSplits:
         raise DataError(f"{folder}: train images are {arrays[0].shape[1:]} but test images {arrays[1].shape[1:]}")
     return ImageSplits(os.path.abspath(folder), arrays[0], arrays[1])
 
-
 # ---------------------------------------------------------------------------
-# 4. Binarization and splits
+# Binarization and splits
 # ---------------------------------------------------------------------------
 
 
@@ -901,195 +568,3 @@ class BinaryImageData:
             else:
                 x = self._train[idx].astype(np.float32)
             yield (x, self.train_labels[idx]) if with_labels else x
-
-
-# ---------------------------------------------------------------------------
-# 5. Text
-# ---------------------------------------------------------------------------
-
-# char-rnn's tiny Shakespeare, 1,115,394 bytes of ASCII, 65 distinct characters.
-TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-
-# Local copies tried (relative to the working directory) before the cache and
-# a download; used only if their checksum matches, so a stray input.txt that
-# is something else is ignored.
-_TEXT_LOCAL_COPIES = ["data/tinyshakespeare/input.txt", "tinyshakespeare.txt", "input.txt"]
-
-
-def load_text(path: str | None = None, data_dir: str | None = None, *, mirrors: Sequence[str] | None = None) -> str:
-    """Load a text corpus as a str.
-
-    Args:
-        path: a UTF-8 text file to read as is.  If None, tiny Shakespeare:
-            a verified local copy (see ``_TEXT_LOCAL_COPIES``), else the cached
-            ``<data_dir>/tinyshakespeare/input.txt``, else a download to it.
-        data_dir: cache root, default ``default_data_dir()``.
-        mirrors: full URLs to download tiny Shakespeare from, instead of
-            ``TINY_SHAKESPEARE_URL``.
-    """
-    if path is None:
-        for candidate in _TEXT_LOCAL_COPIES:
-            if os.path.isfile(candidate) and sha256_file(candidate) == TINY_SHAKESPEARE_SHA256:
-                path = candidate
-                break
-        else:
-            dest = os.path.join(data_dir or default_data_dir(), "tinyshakespeare", "input.txt")
-            path = download(list(mirrors) if mirrors else [TINY_SHAKESPEARE_URL], dest, TINY_SHAKESPEARE_SHA256)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
-
-
-class CharVocab:
-    """Character-level vocabulary: id i <-> the i-th character in sorted order.
-
-    Build it from the TRAINING text only (``CharVocab.from_text(train)``), so
-    that nothing about the held-out text leaks into the model; encoding text
-    with a character it has not seen is then an error, not a silent new id.
-    """
-
-    def __init__(self, chars: Sequence[str] | str):
-        chars = sorted(set(chars))
-        if any(len(c) != 1 for c in chars):
-            raise ValueError("CharVocab takes single characters")
-        if not chars:
-            raise ValueError("CharVocab needs at least one character")
-        self.chars: list[str] = chars
-        # Sorted code points, for vectorised encode (searchsorted) and decode.
-        self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharVocab":
-        return cls(set(text))
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    @property
-    def size(self) -> int:
-        return len(self.chars)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, CharVocab) and self.chars == other.chars
-
-    def __repr__(self) -> str:
-        return f"CharVocab({''.join(self.chars)!r})"
-
-    def encode(self, text: str) -> np.ndarray:
-        """str of length T -> (T,) int64 ids.
-
-        Raises:
-            ValueError: listing every character of ``text`` not in the vocabulary.
-        """
-        # UTF-32 gives one uint32 code point per character: a vectorised ord().
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = np.searchsorted(self._codes, codes)
-        ids_clipped = np.minimum(ids, len(self._codes) - 1)
-        known = self._codes[ids_clipped] == codes
-        if not known.all():
-            unknown = [chr(c) for c in np.unique(codes[~known])]
-            raise ValueError(
-                f"{len(unknown)} character(s) not in the vocabulary: "
-                + ", ".join(repr(c) for c in unknown)
-            )
-        return ids.astype(np.int64)
-
-    def decode(self, ids) -> str:
-        """Sequence or array of ids (any integer dtype, 1-D) -> str."""
-        ids = np.asarray(ids)
-        if ids.size == 0:
-            return ""
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"decode expects a 1-D integer sequence, got shape {ids.shape} {ids.dtype}")
-        if ids.min() < 0 or ids.max() >= len(self.chars):
-            raise ValueError(f"ids must be in [0, {len(self.chars)}), got range [{ids.min()}, {ids.max()}]")
-        return self._codes[ids].astype("<u4").tobytes().decode("utf-32-le")
-
-    def to_dict(self) -> dict:
-        """JSON-able description, for checkpoints' meta."""
-        return {"type": "char", "chars": "".join(self.chars)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CharVocab":
-        if d.get("type") != "char" or not isinstance(d.get("chars"), str):
-            raise ValueError(f"not a CharVocab dict: {d!r}")
-        vocab = cls(d["chars"])
-        if "".join(vocab.chars) != d["chars"]:
-            raise ValueError("CharVocab dict's chars are not sorted and unique")
-        return vocab
-
-
-def split_text(text: str, train_fraction: float = 0.9) -> tuple[str, str]:
-    """First ``train_fraction`` of the characters for training, the rest held out.
-
-    A contiguous split (as nanoGPT does): random windows of a shuffled text
-    would leak neighbouring context into the held-out part.
-    """
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    n = int(len(text) * train_fraction)
-    return text[:n], text[n:]
-
-
-def get_windows(data_ids: np.ndarray, batch_size: int, context: int, rng: np.random.Generator) -> np.ndarray:
-    """``batch_size`` random windows of ``context + 1`` consecutive ids.
-
-    Models that score a sequence exactly (log p(w[1:] | w[0]) and so on) want
-    the whole window; ``get_batch`` splits it into inputs and targets.
-
-    Args:
-        data_ids: (T,) int ids of the text, T >= context + 1.
-        rng: draws the start offsets, uniform over the T - context valid ones.
-
-    Returns:
-        (B, context + 1) int64.
-    """
-    data_ids = np.asarray(data_ids)
-    if data_ids.ndim != 1:
-        raise ValueError(f"data_ids must be 1-D, got shape {data_ids.shape}")
-    n_starts = len(data_ids) - context
-    if context < 1 or n_starts < 1:
-        raise ValueError(f"need at least context + 1 = {context + 1} ids, got {len(data_ids)}")
-    starts = rng.integers(0, n_starts, size=batch_size)
-    return data_ids[starts[:, None] + np.arange(context + 1)].astype(np.int64)
-
-
-def get_batch(
-    data_ids: np.ndarray, batch_size: int, context: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """nanoGPT-style batch: inputs x and next-token targets y.
-
-    Returns:
-        x, y: (B, context) int64 with y[:, t] == x[:, t + 1] for t < context - 1,
-        i.e. y is x shifted left by one (the id that follows each input).
-    """
-    w = get_windows(data_ids, batch_size, context, rng)
-    return w[:, :-1], w[:, 1:]
-
-
-def sequential_windows(data_ids: np.ndarray, context: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Deterministic windows for evaluating a held-out text exactly once.
-
-    Window k is ``data_ids[k*context : k*context + context + 1]``: consecutive
-    windows overlap by one id, so predicting ids 1..context of every window
-    scores each id of the text after the first exactly once.  A trailing
-    remainder shorter than ``context`` is dropped.
-
-    Yields:
-        (b, context + 1) int64 with b <= batch_size (the last batch may be short).
-    """
-    data_ids = np.asarray(data_ids)
-    n_windows = (len(data_ids) - 1) // context
-    if n_windows < 1:
-        raise ValueError(f"need at least context + 1 = {context + 1} ids, got {len(data_ids)}")
-    offsets = np.arange(context + 1)
-    for first in range(0, n_windows, batch_size):
-        starts = np.arange(first, min(first + batch_size, n_windows)) * context
-        yield data_ids[starts[:, None] + offsets].astype(np.int64)

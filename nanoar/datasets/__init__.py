@@ -1,0 +1,68 @@
+"""Datasets for nanoar: image datasets (MNIST family) and character-level text.
+
+Everything here is host-side NumPy.  Models run on whatever backend they like;
+the training loop converts a batch to the device array type itself.
+
+Modules, in reading order:
+
+* ``download`` -- ``DataError``, the cache folder (``default_data_dir``),
+  checksums, atomic writes, and ``download``, which fetches a file from a list
+  of mirrors with pooch and verifies its SHA-256 before it is used.
+* ``idx`` -- IDX files, the format MNIST and Fashion-MNIST ship in
+  (``read_idx``, ``parse_idx``, ``write_idx``).
+* ``images`` -- ``load_images`` for 'mnist', 'fashion-mnist' and
+  'binarized-mnist', ``load_idx_folder`` for your own IDX files,
+  ``binarize_threshold``, ``binarize_dynamic``, ``split_validation`` and
+  ``BinaryImageData``, which yields shuffled training batches of 0/1 images.
+* ``text`` -- tiny Shakespeare (``load_text``), ``CharVocab``, ``split_text``
+  and ``get_windows``.
+
+Every error that is the data's fault (missing, corrupt, wrong format, failed
+download) is a ``DataError``, a ``ValueError`` whose message names the file and
+says what is wrong.  Only downloading needs pooch (``pip install pooch``);
+local copies are read with NumPy and the standard library alone.
+"""
+
+from .download import DataError, default_data_dir, download, sha256_file
+from .idx import parse_idx, read_idx, write_idx
+from .images import (
+    BINARIZED_MNIST_MIRRORS,
+    FASHION_MNIST_MIRRORS,
+    FASHION_MNIST_SYSTEM_DIRS,
+    MNIST_MIRRORS,
+    BinaryImageData,
+    ImageSplits,
+    binarize_dynamic,
+    binarize_threshold,
+    load_idx_folder,
+    load_images,
+    split_validation,
+)
+from .text import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_URL, CharVocab, get_windows, load_text, split_text
+
+__all__ = [
+    "DataError",
+    "read_idx",
+    "parse_idx",
+    "write_idx",
+    "download",
+    "sha256_file",
+    "default_data_dir",
+    "MNIST_MIRRORS",
+    "FASHION_MNIST_MIRRORS",
+    "FASHION_MNIST_SYSTEM_DIRS",
+    "BINARIZED_MNIST_MIRRORS",
+    "ImageSplits",
+    "load_images",
+    "load_idx_folder",
+    "binarize_threshold",
+    "binarize_dynamic",
+    "split_validation",
+    "BinaryImageData",
+    "TINY_SHAKESPEARE_URL",
+    "TINY_SHAKESPEARE_SHA256",
+    "load_text",
+    "CharVocab",
+    "split_text",
+    "get_windows",
+]
