@@ -18,18 +18,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
-import time
 
-import numpy as np
-
-from nanoar import backend, datasets, no_grad
-from nanoar.checkpoint import rng_from_state, rng_state
+from nanoar import backend, datasets, no_grad, training
 from nanoar.models import build_model
-from nanoar.models.lstm import LSTMState
-from nanoar.optim import AdamW, clip_grad_norm
-from nanoar.training import (JsonLog, add_run_arguments, NonFiniteLoss, StopRequested, check_finite, load_run, progress,
-                             save_run, select_device)
+from nanoar.optim import AdamW
 
 CHAR_MODELS = ("wavenet", "lstm", "transformer")
 
@@ -58,14 +50,13 @@ def parse_args(argv=None):
     p.add_argument("--residual-channels", type=int, default=64, help="WaveNet residual channels")
     p.add_argument("--dilations", default="1,2,4,8,16,32", help="WaveNet dilations of one stack")
     p.add_argument("--stacks", type=int, default=2, help="WaveNet stacks of the dilations")
-    add_run_arguments(p, "runs/chars-<model>")
+    training.add_run_arguments(p, "runs/chars-<model>")
     # sampling
     p.add_argument("--sample", metavar="CHECKPOINT", help="print a sample from a checkpoint and exit")
     p.add_argument("--prompt", default="\n", help="text the sample starts with")
     p.add_argument("--length", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely characters (0: all)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = os.path.join("runs", f"chars-{args.model}")
@@ -73,18 +64,16 @@ def parse_args(argv=None):
 
 
 def new_model(args, n_classes):
-    if args.model == "transformer":
-        return build_model("transformer", {"n_classes": n_classes, "context": args.context, "n_layers": args.layers,
-                                           "n_heads": args.heads, "dim": args.dim})
-    if args.model == "lstm":
-        return build_model("lstm", {"n_classes": n_classes, "embed_dim": args.dim, "hidden_size": args.hidden,
-                                    "n_layers": args.layers})
-    dilations = [int(s) for s in args.dilations.split(",") if s]
-    return build_model("wavenet", {"n_classes": n_classes, "input": "embedding", "embed_dim": args.dim,
-                                   "residual_channels": args.residual_channels,
-                                   "dilation_channels": 2 * args.residual_channels,
-                                   "skip_channels": args.residual_channels, "dilations": dilations,
-                                   "n_stacks": args.stacks})
+    config = {
+        "transformer": {"n_classes": n_classes, "context": args.context, "n_layers": args.layers,
+                        "n_heads": args.heads, "dim": args.dim},
+        "lstm": {"n_classes": n_classes, "embed_dim": args.dim, "hidden_size": args.hidden, "n_layers": args.layers},
+        "wavenet": {"n_classes": n_classes, "input": "embedding", "embed_dim": args.dim,
+                    "residual_channels": args.residual_channels, "dilation_channels": 2 * args.residual_channels,
+                    "skip_channels": args.residual_channels, "n_stacks": args.stacks,
+                    "dilations": [int(s) for s in args.dilations.split(",") if s]},
+    }[args.model]
+    return build_model(args.model, config)
 
 
 def lr_at(it, args) -> float:
@@ -95,7 +84,7 @@ def lr_at(it, args) -> float:
     return args.min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (args.lr - args.min_lr)
 
 
-def evaluate(model, ids, context, max_windows=0, batch_size=64):
+def evaluate_text(model, ids, context, max_windows=0, batch_size=64):
     """Exact validation loss: consecutive windows of `context` characters, each scored as
     a whole sequence. Returns (nats per character over all characters, nats per character
     over all but each window's first, i.e. the characters that have a context)."""
@@ -117,152 +106,77 @@ def fmt(label, nats) -> str:
     return f"{label} {nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char)"
 
 
-class Streams:
-    """Truncated backpropagation through time for the LSTM: `batch` read heads spread evenly
-    over the training text, each moving on by `context` characters per iteration, with the
-    recurrent state carried from one chunk to the next (gradients stop at chunk edges).
-    When a head would run off its share of the text, every head restarts with a fresh state."""
-
-    def __init__(self, n_ids, batch, context, saved=None):
-        self.span, self.batch, self.context = n_ids // batch, batch, context
-        self.starts = np.arange(batch) * self.span
-        self.pos, self.state = self.starts.copy(), None
-        if saved:
-            self.pos = np.array(saved["pos"])
-            if saved["state"]:
-                st = saved["state"]
-                as_dev = lambda a, dt: backend.to_device(np.array(a, dtype=dt))  # noqa: E731
-                self.state = LSTMState(tuple(as_dev(h, backend.default_dtype()) for h in st["h"]),
-                                       tuple(as_dev(c, backend.default_dtype()) for c in st["c"]), as_dev(st["last"], np.int64))
-
-    def next_chunk(self, ids):
-        if self.pos[0] + self.context > self.starts[0] + self.span:
-            self.pos, self.state = self.starts.copy(), None
-        x = np.stack([ids[p:p + self.context] for p in self.pos])
-        self.pos = self.pos + self.context
-        return x
-
-    def to_json(self) -> dict:
-        state = None
-        if self.state is not None:
-            host = lambda arrays: [backend.to_numpy(a).tolist() for a in arrays]  # noqa: E731
-            state = {"h": host(self.state.h), "c": host(self.state.c), "last": backend.to_numpy(self.state.last).tolist()}
-        return {"pos": self.pos.tolist(), "state": state}
-
-
 def sample_text(model, vocab, args) -> str:
     try:
         prompt = vocab.encode(args.prompt)
     except ValueError as e:
-        sys.exit(f"error: --prompt: {e}")
+        raise training.UserError(f"--prompt: {e}") from None
     ids = model.sample(1, seed=args.seed, length=len(prompt) + args.length, temperature=args.temperature,
                        top_k=args.top_k, prompt=backend.to_device(prompt))
     return vocab.decode(backend.to_numpy(ids)[0])
 
 
-def train(args) -> None:
-    os.makedirs(args.out, exist_ok=True)
-    last_path, best_path = os.path.join(args.out, "last.npz"), os.path.join(args.out, "best.npz")
-    resume_path = (args.resume or last_path) if args.resume is not None else None
-    make_opt = lambda params: AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)  # noqa: E731
-
-    if resume_path:
-        model, opt, meta = load_run(resume_path, make_opt)
-        text = datasets.load_text(meta["data"]["path"], args.data_dir)
-        vocab = datasets.CharVocab.from_dict(meta["vocab"])
-        loop = meta["loop"]
-        print(f"resuming {resume_path} at iteration {loop['iter']}")
-    else:
-        text = datasets.load_text(args.data, args.data_dir)
-        train_text, _ = datasets.split_text(text)
-        vocab = datasets.CharVocab.from_text(train_text)
-        model, meta = new_model(args, len(vocab)), None
-        opt = make_opt(model.parameters())
-        loop = {"iter": 0, "rng": rng_state(np.random.default_rng(args.seed)), "best_valid": None}
-    train_text, valid_text = datasets.split_text(text)
-    train_ids = vocab.encode(train_text)
-    try:
-        valid_ids = vocab.encode(valid_text)
-    except ValueError as e:
-        sys.exit(f"error: the validation text has characters the training text lacks: {e}")
-    print(f"text: {len(text):,} characters ({len(train_ids):,} train, {len(valid_ids):,} validation), "
-          f"vocabulary {len(vocab)}")
-    print(f"model {type(model).__name__} {model.config()}: {model.num_parameters():,} parameters, "
-          f"device {backend.get_device()}")
-    run_meta = {"data": {"path": args.data if meta is None else meta["data"]["path"]}, "vocab": vocab.to_dict()}
-    log = JsonLog(os.path.join(args.out, "log.jsonl"))
-    rng = rng_from_state(loop["rng"])
-    it, best_valid = loop["iter"], loop["best_valid"]
-
-    streams = Streams(len(train_ids), args.batch_size, args.context, loop.get("streams")) if args.model == "lstm" else None
-
-    def save(path):
-        save_run(path, model, opt, **run_meta, loop={"iter": it, "rng": rng_state(rng), "best_valid": best_valid,
-                                                     "streams": streams.to_json() if streams else None})
-
-    t0, chars, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
-    bar = progress(total=args.max_iters, desc=f"{args.model}", disable=args.quiet)
-    bar.update(it)
-    with StopRequested() as stop:
-        while it < args.max_iters:
-            opt.lr = lr_at(it, args)
-            if streams:  # the LSTM reads the text in order, carrying its state (truncated BPTT)
-                x = streams.next_chunk(train_ids)
-                lp, streams.state = model.log_prob_chunk(backend.to_device(x), streams.state)
-            else:  # random windows, each scored as a whole sequence
-                x = datasets.get_windows(train_ids, args.batch_size, args.context - 1, rng)  # (B, context)
-                lp = model.log_prob_per_variable(backend.to_device(x))
-            loss = -lp.mean()
-            opt.zero_grad()
-            loss.backward()
-            value = loss.item()
-            try:
-                check_finite(value, it + 1)
-            except NonFiniteLoss as e:
-                bar.close()
-                sys.exit(f"error: {e}")
-            clip_grad_norm(opt.params, args.clip)
-            opt.step()
-            it += 1
-            loss_sum, n_loss, chars = loss_sum + value, n_loss + 1, chars + x.size
-            bar.update(1)
-            bar.set_postfix_str(f"loss {loss_sum / n_loss:.3f} | {chars / (time.perf_counter() - t0):,.0f} chars/s")
-            if it % args.eval_interval == 0 or it == args.max_iters:
-                valid, valid_ctx = evaluate(model, valid_ids, args.context, args.eval_windows)
-                improved = best_valid is None or valid < best_valid
-                best_valid = valid if improved else best_valid
-                bar.write(f"iter {it}: train {loss_sum / n_loss:.4f} | " + fmt("valid", valid)
-                          + f" | with context {valid_ctx:.4f} | {time.perf_counter() - t0:.1f} s" + (" *" if improved else ""))
-                log.write(iter=it, train_loss=loss_sum / n_loss, valid_nats_per_char=valid,
-                          valid_bits_per_char=valid / math.log(2), valid_context_nats_per_char=valid_ctx,
-                          wall_seconds=time.perf_counter() - t0, lr=opt.lr)
-                loss_sum, n_loss = 0.0, 0
-                save(last_path)
-                if improved:
-                    save(best_path)
-            if stop.requested:
-                bar.close()
-                save(last_path)
-                print(f"saved {last_path} at iteration {it}; continue with --resume")
-                return
-    bar.close()
-    print(f"training took {time.perf_counter() - t0:.1f} s; best " + fmt("validation loss", best_valid))
-    model, _, _ = load_run(best_path)
-    print("--- sample (best checkpoint) ---")
-    print(sample_text(model, vocab, args))
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    select_device(args.device, args.seed)
-    if args.sample:
-        model, _, meta = load_run(args.sample)
-        print(sample_text(model, datasets.CharVocab.from_dict(meta["vocab"]), args))
-        return
-    try:
-        train(args)
-    except datasets.DataError as e:
-        sys.exit(f"error: {e}")
+    with training.error_boundary():
+        training.configure(args.device, args.seed)
+        if args.sample:
+            model, _, meta = training.load_run(args.sample)
+            print(sample_text(model, datasets.CharVocab.from_dict(meta["vocab"]), args))
+            return
+
+        # ---- data, model and optimiser: a new run, or the one being resumed
+        make_opt = lambda params: AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)  # noqa: E731
+        last_path, best_path = training.run_paths(args.out)
+        if args.resume is not None:
+            path = args.resume or last_path
+            model, opt, meta = training.load_run(path, make_opt)
+            text, vocab = datasets.load_text(meta["data"]["path"], args.data_dir), datasets.CharVocab.from_dict(meta["vocab"])
+            print(f"resuming {path} at iteration {opt.step_count}")
+        else:
+            text = datasets.load_text(args.data, args.data_dir)
+            vocab = datasets.CharVocab.from_text(datasets.split_text(text)[0])
+            model, meta = new_model(args, len(vocab)), {"data": {"path": args.data}, "loop": {}}
+            opt = make_opt(model.parameters())
+        train_text, valid_text = datasets.split_text(text)
+        train_ids = vocab.encode(train_text)
+        try:
+            valid_ids = vocab.encode(valid_text)
+        except ValueError as e:
+            raise training.UserError(f"the validation text has characters the training text lacks: {e}") from None
+        print(f"text: {len(text):,} characters ({len(train_ids):,} train, {len(valid_ids):,} validation), "
+              f"vocabulary {len(vocab)}")
+        print(f"model {type(model).__name__} {model.config()}: {model.num_parameters():,} parameters, "
+              f"device {backend.get_device()}")
+
+        # ---- the loop: windows of the text (read in order by a stateful model), the
+        # validation text scored every --eval-interval iterations
+        saved = meta["loop"] or None
+        if model.stateful:
+            batches = training.TextStreams(train_ids, args.batch_size, args.context, model, saved)
+        else:
+            batches = training.RandomWindows(train_ids, args.batch_size, args.context, saved, seed=args.seed)
+
+        def evaluate(train_loss, seconds):
+            valid, valid_ctx = evaluate_text(model, valid_ids, args.context, args.eval_windows)
+            line = (f"iter {opt.step_count}: train {train_loss:.4f} | " + fmt("valid", valid)
+                    + f" | with context {valid_ctx:.4f} | {seconds:.1f} s")
+            return valid, dict(iter=opt.step_count, train_loss=train_loss, valid_nats_per_char=valid,
+                               valid_bits_per_char=valid / math.log(2), valid_context_nats_per_char=valid_ctx,
+                               wall_seconds=seconds, lr=opt.lr), line
+
+        finished = training.train(model, opt, batches, max_steps=args.max_iters, eval_every=args.eval_interval,
+                                  evaluate=evaluate, out=args.out, clip=args.clip, lr_at=lambda it: lr_at(it, args),
+                                  meta={"data": meta["data"], "vocab": vocab.to_dict()},
+                                  best_valid=meta["loop"].get("best_valid"), quiet=args.quiet)
+        if not finished:
+            return
+
+        # ---- report: a sample of the best checkpoint
+        model, _, meta = training.load_run(best_path)
+        print("best " + fmt("validation loss", meta["loop"]["best_valid"]))
+        print("--- sample (best checkpoint) ---")
+        print(sample_text(model, vocab, args))
 
 
 if __name__ == "__main__":

@@ -72,12 +72,12 @@ def test_resume_gives_the_same_run_as_no_interruption(idx_folder, tmp_path, monk
     run(common + ["--out", tmp_path / "straight"])
 
     # Interrupt in the middle of epoch 1 (as Ctrl-C would), then resume twice.
-    monkeypatch.setattr(train_mnist, "StopRequested", stop_after(5))
+    monkeypatch.setattr(training, "StopRequested", stop_after(5))
     out = tmp_path / "interrupted"
     run(common + ["--out", out])
     arrays, meta = load_checkpoint(out / "last.npz")
     assert meta["loop"]["epoch"] == 0 and meta["loop"]["batch"] == 5
-    monkeypatch.setattr(train_mnist, "StopRequested", training.StopRequested)
+    monkeypatch.undo()
     run(common + ["--out", out, "--resume"])
 
     a, b = read_log(tmp_path / "straight"), read_log(out)
@@ -127,8 +127,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(idx_folder, tmp_path,
             "--quiet"]
     run(args + ["--epochs", 1])
     before, _ = load_checkpoint(out / "last.npz")
-    monkeypatch.setattr(train_mnist, "check_finite",
-                        lambda value, step: training.check_finite(float("nan"), step))
+    check_finite = training.check_finite
+    monkeypatch.setattr(training, "check_finite", lambda value, step: check_finite(float("nan"), step))
     with pytest.raises(SystemExit, match="loss became nan"):
         run(args + ["--epochs", 2, "--resume"])
     after, _ = load_checkpoint(out / "last.npz")

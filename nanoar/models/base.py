@@ -228,6 +228,11 @@ class SequenceModel(AutoregressiveModel):
         a = self.check_data(x)
         return self.distribution(a).log_prob(a, check=False)  # (the ids were just checked)
 
+    def training_loss(self, x, state=None):
+        """The mean negative log-likelihood per id, in nats (the loss is then independent of
+        the window length), and the state carried to the next batch (None here)."""
+        return -self.log_prob_per_variable(x).mean(), state
+
     def _sample(self, n, rng, method, length=None, temperature: float = 1.0, top_k: int = 0, prompt=None):
         """Sampling options: length (default `seq_len`); prompt, ids (P,) or (n, P) that the
         samples start with; temperature / top_k reshape each conditional (1.0 / 0: exact
