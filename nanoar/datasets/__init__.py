@@ -39,30 +39,3 @@ from .images import (
     split_validation,
 )
 from .text import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_URL, CharVocab, get_windows, load_text, split_text
-
-__all__ = [
-    "DataError",
-    "read_idx",
-    "parse_idx",
-    "write_idx",
-    "download",
-    "sha256_file",
-    "default_data_dir",
-    "MNIST_MIRRORS",
-    "FASHION_MNIST_MIRRORS",
-    "FASHION_MNIST_SYSTEM_DIRS",
-    "BINARIZED_MNIST_MIRRORS",
-    "ImageSplits",
-    "load_images",
-    "load_idx_folder",
-    "binarize_threshold",
-    "binarize_dynamic",
-    "split_validation",
-    "BinaryImageData",
-    "TINY_SHAKESPEARE_URL",
-    "TINY_SHAKESPEARE_SHA256",
-    "load_text",
-    "CharVocab",
-    "split_text",
-    "get_windows",
-]
