@@ -3,7 +3,8 @@
 Take an ordinary MLP x -> D outputs and delete connections until output i can only see
 the inputs that come before variable i in a chosen ordering; then output i is a valid
 conditional p(x_i | x_<i), and one forward pass gives all D of them. Connections are
-deleted by multiplying each weight matrix with a fixed 0/1 mask, built from *degrees*:
+deleted by multiplying each weight matrix with a fixed 0/1 mask (`nn.MaskedLinear`), built
+from *degrees*:
 
     input unit i:   m(i) = position of variable i in the ordering, in 1..D
     hidden unit k:  m(k) drawn uniformly from [min of the previous layer's degrees, D - 1]
@@ -33,9 +34,10 @@ different one from the ensemble that was trained; the mixture is the ensemble ei
 
 So, for K > 1:
 - `log_prob(x)` is the mixture log-likelihood (K forward passes): use it for evaluation;
-- `log_prob_mask(x, k)` is log p_k(x) of one mask set (default: the current one): use it
-  as the training loss, with `next_mask()` once per step;
-- `log_prob_per_variable(x)` needs k: a mixture has no single set of D conditionals;
+- `training_loss(x)` moves to the next mask set and returns -log p_k(x) of that one set
+  (`log_prob_mask(x, k)`), as in the paper;
+- `distribution(x, k)` and `log_prob_per_variable(x, k)` are mask set k's conditionals; the
+  latter needs k: a mixture has no single set of D conditionals;
 - `sample(n)` picks k uniformly per sample and samples ancestrally in ordering k: that IS
   a sample from the mixture.
 
@@ -50,9 +52,10 @@ import numpy as np
 
 from .. import backend
 from ..distributions import Bernoulli, Gaussian
-from ..nn import Linear
-from ..tensor import Tensor, gelu, logsumexp, matmul, no_grad, relu, sigmoid, stack, tanh
-from .base import AutoregressiveModel, check_count
+from ..kernels.made import sample_by_degree
+from ..nn import MaskedLinear
+from ..tensor import gelu, logsumexp, relu, sigmoid, stack, tanh
+from .base import AutoregressiveModel
 
 _ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "gelu": gelu}
 
@@ -99,7 +102,8 @@ class MADE(AutoregressiveModel):
     acts on the inputs directly: an FVSBN in the given ordering).
 
     Parameters: `layers[l].weight` (in, out), `layers[l].bias`, `head.weight`, `head.bias`.
-    Buffers: `orderings`, `degrees_0..L`, `masks_0..L` (see the module docstring).
+    Buffers: `orderings`, `degrees_0..L`, `masks_0..L` (see the module docstring). The layers
+    are `MaskedLinear`s whose `mask` is pointed at mask set k before each forward.
     """
 
     kind = "binary"
@@ -129,7 +133,7 @@ class MADE(AutoregressiveModel):
         self.mask_index = 0
 
         sizes = [self.d, *hidden_sizes]
-        self.layers = [Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:])]
+        self.layers = [MaskedLinear(i, o) for i, o in zip(sizes[:-1], sizes[1:])]
         self._make_heads(sizes[-1])
         orders, degrees = made_degrees(self.d, hidden_sizes, self.num_masks, ordering, self.seed)
         dtype = backend.default_dtype()
@@ -139,40 +143,25 @@ class MADE(AutoregressiveModel):
         for l, m in enumerate(made_masks(degrees)):
             self.register_buffer(f"masks_{l}", backend.to_device(m.astype(dtype)))
 
-    # ---------------------------------------------------------------- heads (GaussianMADE overrides)
     def _make_heads(self, width: int) -> None:
-        self.head = Linear(width, self.d)
+        self.head = MaskedLinear(width, self.d)
 
     def _heads(self) -> list:
         return [self.head]
 
-    def _log_prob_terms(self, outs, a) -> Tensor:
-        """log p(x_i | x_<i) from the head outputs: Bernoulli on the logits."""
-        return Bernoulli(outs[0]).log_prob(a)
-
-    def _noise(self, rng, shape, dtype):
-        return rng.random(shape, dtype=dtype)
-
-    def _prepare_noise(self, u):
-        """u < sigmoid(l) is the event logit(u) < l: transform the noise once, so that no step
-        needs a sigmoid. u = 0 gives -inf (always 1), exactly as u < sigmoid(l) does."""
-        xp = backend.array_module(u)
-        with np.errstate(divide="ignore"):
-            return xp.log(u) - xp.log1p(-u)
-
-    def _draw(self, outs, noise):
-        """x_i from the head outputs for variable i and its prepared noise: [logit(u) < l]."""
-        return noise < outs[0]
-
-    # ---------------------------------------------------------------- masks
     def config(self) -> dict:
         return {"d": self.d, "hidden_sizes": list(self.hidden_sizes), "num_masks": self.num_masks,
                 "ordering": self._ordering_arg, "seed": self.seed, "activation": self.activation}
 
+    # ---------------------------------------------------------------- mask sets
     @property
     def ordering(self) -> np.ndarray:
         """Generation order of the current mask set (`mask_index`)."""
         return backend.to_numpy(self.orderings)[self.mask_index]
+
+    @property
+    def factorises(self) -> bool:
+        return self.num_masks == 1
 
     def masks(self, k=None) -> list:
         """Host copies of the (in, out) masks of mask set k (default: the current one)."""
@@ -180,8 +169,8 @@ class MADE(AutoregressiveModel):
         return [backend.to_numpy(getattr(self, f"masks_{l}"))[k] for l in range(len(self.layers) + 1)]
 
     def next_mask(self) -> int:
-        """Switch to the next of the K mask sets (cyclically); returns its index. The training
-        loop calls it once per step (a no-op for K = 1)."""
+        """Switch to the next of the K mask sets (cyclically); returns its index. Training
+        calls it once per step (a no-op for K = 1)."""
         self.mask_index = (self.mask_index + 1) % self.num_masks
         return self.mask_index
 
@@ -199,26 +188,30 @@ class MADE(AutoregressiveModel):
             raise ValueError(f"{type(self).__name__}: mask index must be an integer in [0, {self.num_masks}), got {k!r}")
         return int(k)
 
-    # ---------------------------------------------------------------- likelihood
-    def _input(self, x) -> Tensor:
-        """Checked data as a Tensor; a Tensor passes through (keeping its graph)."""
-        a = self.check_data(x)
-        return x if isinstance(x, Tensor) else Tensor(a, dtype=self.head_dtype)
-
-    @property
-    def head_dtype(self):
-        return self._heads()[0].weight.dtype
-
-    def _outputs(self, xt: Tensor, k: int) -> list:
-        """The masked MLP under mask set k: (N, D) -> one (N, D) Tensor per head."""
-        act = _ACTIVATIONS[self.activation]
-        h = xt
+    def _use_mask_set(self, k: int) -> None:
+        """Point every layer's mask at mask set k (views of this model's buffers, looked up
+        at forward time because `load_state_dict` replaces the buffers' arrays)."""
         for l, layer in enumerate(self.layers):
-            h = act(matmul(h, layer.weight * getattr(self, f"masks_{l}")[k]) + layer.bias)
-        out_mask = getattr(self, f"masks_{len(self.layers)}")[k]
-        return [matmul(h, head.weight * out_mask) + head.bias for head in self._heads()]
+            layer.mask = getattr(self, f"masks_{l}")[k]
+        for head in self._heads():
+            head.mask = getattr(self, f"masks_{len(self.layers)}")[k]
 
-    def log_prob_per_variable(self, x, k=None) -> Tensor:
+    # ---------------------------------------------------------------- likelihood
+    def hidden_units(self, x, k=None):
+        """The masked MLP's last hidden layer under mask set k (default: the current one)."""
+        self._use_mask_set(self._mask_id(k))
+        act = _ACTIVATIONS[self.activation]
+        h = x                        # (N, D)
+        for layer in self.layers:
+            h = act(layer(h))        # (N, H_l): act(h (W_l * M_l) + b_l)
+        return h
+
+    def distribution(self, x, k=None) -> Bernoulli:
+        """The conditionals p_k(x_i | x_<i) of mask set k (default: the current one)."""
+        h = self.hidden_units(x, k)     # (N, H_L)
+        return Bernoulli(self.head(h))  # logits (N, D): h (W * M) + b
+
+    def log_prob_per_variable(self, x, k=None):
         """log p_k(x_i | x_<i) under mask set k: (N, D) -> Tensor (N, D).
 
         With K > 1, k must be given: the mixture has no single set of D conditionals.
@@ -227,109 +220,74 @@ class MADE(AutoregressiveModel):
             raise ValueError(f"{type(self).__name__}: with num_masks={self.num_masks} the model is a mixture of "
                              f"{self.num_masks} autoregressive models and has no per-variable factorisation; "
                              "pass k=<mask index> for one mask set's conditionals, or use log_prob(x)")
-        xt = self._input(x)
-        return self._log_prob_terms(self._outputs(xt, self._mask_id(k)), xt.data)
+        x = self.as_input(x)
+        return self.distribution(x, k).log_prob(x)
 
-    def log_prob_mask(self, x, k=None) -> Tensor:
-        """log p_k(x) of one mask set (default: the current one): (N, D) -> Tensor (N,).
-        The training loss for K > 1; equal to `log_prob` for K = 1."""
-        xt = self._input(x)
-        return self._log_prob_terms(self._outputs(xt, self._mask_id(k)), xt.data).sum(axis=1)
+    def log_prob_mask(self, x, k=None):
+        """log p_k(x) of one mask set (default: the current one): (N, D) -> Tensor (N,)."""
+        x = self.as_input(x)
+        return self.distribution(x, k).log_prob(x).sum(axis=1)
 
-    def log_prob(self, x) -> Tensor:
+    def log_prob(self, x):
         """Exact log-likelihood: log p(x) = logsumexp_k log p_k(x) - log K: (N, D) -> (N,)."""
-        xt = self._input(x)
-        per_mask = [self._log_prob_terms(self._outputs(xt, k), xt.data).sum(axis=1) for k in range(self.num_masks)]
         if self.num_masks == 1:
-            return per_mask[0]
-        return logsumexp(stack(per_mask, axis=0), axis=0) - math.log(self.num_masks)
+            return super().log_prob(x)
+        x = self.as_input(x)
+        per_mask = stack([self.distribution(x, k).log_prob(x).sum(axis=1) for k in range(self.num_masks)])  # (K, N)
+        return logsumexp(per_mask, axis=0) - math.log(self.num_masks)  # (N,)
 
-    def logits(self, x, k=None) -> Tensor:
-        """The logits of p_k(x_i = 1 | x_<i) for every i: (N, D) -> Tensor (N, D)."""
-        return self._outputs(self._input(x), self._mask_id(k))[0]
+    def training_loss(self, x, state=None):
+        """One step of order- and connectivity-agnostic training: the next mask set, and the
+        mean of -log p_k(x) under it (for K = 1, the mean negative log-likelihood)."""
+        self.next_mask()
+        return -self.log_prob_mask(x).mean(), state
 
     # ---------------------------------------------------------------- sampling
-    def sample(self, n: int, seed=None):
-        """Exact ancestral samples from the model (the mixture for K > 1): (n, d) array.
-
-        Randomness, from `backend.make_rng(seed)`: for K > 1 first v ~ U[0, 1)^n picks mask set
-        k = floor(K v) per sample; then one noise array (n, d) indexed by variable (u ~ U[0, 1)
-        and x_i = [u_i < p_i] for binary data, evaluated as [logit(u_i) < l_i]; z ~ N(0, 1) and
-        x_i = mu_i + sigma_i z_i for real data). Sampling is sequential in each mask set's
-        ordering and batched over that set's samples (see `_sample_mask`), on plain arrays.
-        """
-        n = check_count(n)
-        xp = backend.xp()
-        rng = backend.make_rng(seed)
-        dtype = self.head_dtype
-        which = None
-        if self.num_masks > 1:
-            which = np.minimum((backend.to_numpy(rng.random(n)) * self.num_masks).astype(np.int64), self.num_masks - 1)
-        noise = self._noise(rng, (n, self.d), dtype)
-        if which is None:
-            return self._sample_mask(0, noise)
-        x = xp.empty((n, self.d), dtype)
-        for k in range(self.num_masks):
-            rows = np.flatnonzero(which == k)
-            if rows.size:
-                rows = backend.to_device(rows)
-                x[rows] = self._sample_mask(k, noise[rows])
+    def _sample(self, n: int, rng, method: str):
+        """For K > 1, samples of the mixture: first v ~ U[0, 1)^n picks mask set
+        k = floor(K v) per sample, then the noise (n, D) is drawn and each mask set's
+        samples are drawn ancestrally in its ordering by `method`."""
+        if self.num_masks == 1:
+            return super()._sample(n, rng, method)
+        which = np.minimum((backend.to_numpy(rng.random(n)) * self.num_masks).astype(np.int64), self.num_masks - 1)
+        noise = self.sample_noise(rng, n)
+        x = backend.xp().empty((n, self.d), self.dtype)
+        current = self.mask_index
+        try:
+            for k in range(self.num_masks):
+                rows = np.flatnonzero(which == k)
+                if rows.size:
+                    self.mask_index = k
+                    rows = backend.to_device(rows)
+                    x[rows] = self.sample_naive(noise[rows]) if method == "naive" else self.sample_fast(noise[rows])
+        finally:
+            self.mask_index = current
         return x
 
-    def _sample_mask(self, k: int, noise):
-        """Ancestral sampling under mask set k, computing every hidden unit exactly once.
+    def sample_fast(self, noise):
+        """The samples of `sample_naive(noise)` under the current mask set, each hidden unit
+        computed once, in degree order (`kernels.made.sample_by_degree`)."""
+        k = self.mask_index
+        self._use_mask_set(k)
+        degrees = [backend.to_numpy(getattr(self, f"degrees_{l}"))[k] for l in range(1, len(self.layers) + 1)]
+        return sample_by_degree(self._draw_noise(noise), self.ordering, self.layers, degrees, self._heads(),
+                                self.activation, self._draw)
 
-        A hidden unit of degree g depends only on the variables at positions 1..g of the
-        ordering, so it is final as soon as those are sampled. Sort each layer's units by
-        degree: at step p (drawing the variable at position p + 1, p = 0..D-1) the units of
-        degree p become computable, and they form one contiguous block per layer. The whole
-        loop therefore costs about one forward pass plus O(D) small array calls, instead of
-        the D full forward passes of the naive sampler. Work in position space (column p =
-        variable ordering[p]); the masked, permuted weights are computed once per call.
-        noise: (m, D) by variable -> x: (m, D) by variable.
-        """
-        xp = backend.array_module(noise)
-        order = backend.to_numpy(self.orderings)[k]
-        m = noise.shape[0]
-        act_fn = _ACTIVATIONS[self.activation]
+    @staticmethod
+    def _draw_noise(u):
+        """The uniforms as `_draw` compares them: u < sigmoid(l) is the event logit(u) < l, so
+        the noise is transformed once and no step needs a sigmoid (u = 0 gives -inf: always 1,
+        as u < sigmoid(l))."""
+        xp = backend.array_module(u)
+        with np.errstate(divide="ignore"):
+            return xp.log(u) - xp.log1p(-u)
 
-        def act(v):  # in place on a fresh array; the Tensor op itself where it is not trivial
-            if self.activation == "relu":
-                return xp.maximum(v, 0, out=v)
-            if self.activation == "tanh":
-                return xp.tanh(v, out=v)
-            return act_fn(Tensor(v, dtype=v.dtype)).data
-
-        with no_grad():
-            rows = order  # the previous layer's units, in sampling order
-            weights, biases, ends = [], [], []
-            for l, layer in enumerate(self.layers):
-                deg = backend.to_numpy(getattr(self, f"degrees_{l + 1}"))[k]
-                perm = np.argsort(deg, kind="stable")
-                w = layer.weight.data * getattr(self, f"masks_{l}")[k]
-                weights.append(w[backend.to_device(rows)][:, backend.to_device(perm)])
-                biases.append(layer.bias.data[backend.to_device(perm)])
-                ends.append(np.searchsorted(deg[perm], np.arange(self.d), side="right"))  # units of degree <= g
-                rows = perm
-            out_mask = getattr(self, f"masks_{len(self.layers)}")[k]
-            rows_d, order_d = backend.to_device(rows), backend.to_device(order)
-            heads = [(xp.ascontiguousarray((h.weight.data * out_mask)[rows_d][:, order_d].T), h.bias.data[order_d])
-                     for h in self._heads()]  # row p: output weights of the variable at position p
-            z = self._prepare_noise(noise[:, order_d])
-            x = xp.zeros((m, self.d), noise.dtype)
-            hs = [xp.zeros((m, size), x.dtype) for size in self.hidden_sizes]
-            for p in range(self.d):
-                prev, cut = x, p  # inputs of degree <= p: positions 0..p-1, all sampled
-                for l in range(len(self.layers)):
-                    s, e = (ends[l][p - 1] if p else 0), ends[l][p]
-                    if e > s:  # (a product over an empty prefix is left out: only the bias)
-                        hs[l][:, s:e] = act(biases[l][s:e] + (prev[:, :cut] @ weights[l][:cut, s:e] if cut else 0))
-                    prev, cut = hs[l], e
-                outs = [b[p] + (prev[:, :cut] @ wt[p, :cut] if cut else 0) for wt, b in heads]
-                x[:, p] = self._draw(outs, z[:, p])
-        inverse = np.empty(self.d, np.int64)
-        inverse[order] = np.arange(self.d)
-        return x[:, backend.to_device(inverse)]
+    @staticmethod
+    def _draw(outs, t):
+        """x_i from the head's output for variable i: [u_i < sigmoid(l_i)], the rule of
+        `Bernoulli.draw`, as [logit(u_i) < l_i]."""
+        (logits,) = outs
+        return t < logits
 
 
 class GaussianMADE(MADE):
@@ -348,30 +306,24 @@ class GaussianMADE(MADE):
     kind = "real"
 
     def _make_heads(self, width: int) -> None:
-        self.mean_head = Linear(width, self.d)
-        self.log_std_head = Linear(width, self.d)
+        self.mean_head = MaskedLinear(width, self.d)
+        self.log_std_head = MaskedLinear(width, self.d)
 
     def _heads(self) -> list:
         return [self.mean_head, self.log_std_head]
 
-    def _log_prob_terms(self, outs, a) -> Tensor:
-        mean, log_std = outs
-        return Gaussian(mean, log_std).log_prob(Tensor(a, dtype=mean.dtype))
+    def distribution(self, x, k=None) -> Gaussian:
+        """The conditionals N(mu_i, sigma_i^2) of mask set k (default: the current one)."""
+        h = self.hidden_units(x, k)                              # (N, H_L)
+        return Gaussian(self.mean_head(h), self.log_std_head(h))  # mean, log_std: (N, D) each
 
-    def _noise(self, rng, shape, dtype):
-        return rng.standard_normal(shape, dtype=dtype)
-
-    def _prepare_noise(self, z):
+    @staticmethod
+    def _draw_noise(z):
         return z
 
-    def _draw(self, outs, noise):
+    @staticmethod
+    def _draw(outs, z):
+        """x_i from the heads' outputs for variable i: mu_i + exp(log_std_i) z_i, the rule of
+        `Gaussian.draw`."""
         mean, log_std = outs
-        return mean + backend.array_module(noise).exp(log_std) * noise
-
-    def logits(self, x, k=None):
-        raise TypeError("GaussianMADE has no logits; use params(x, k) -> (mean, log_std)")
-
-    def params(self, x, k=None):
-        """(mean, log_std) of p_k(x_i | x_<i) for every i: two Tensors (N, D)."""
-        mean, log_std = self._outputs(self._input(x), self._mask_id(k))
-        return mean, log_std
+        return mean + backend.array_module(z).exp(log_std) * z
