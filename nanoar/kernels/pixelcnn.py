@@ -1,0 +1,122 @@
+"""Cached samplers of PixelCNN and GatedPixelCNN (Ramachandran et al. 2017, "Fast Generation
+for Convolutional Autoregressive Models").
+
+Each returns exactly what the naive ancestral sampler `model.sample_naive(noise)` returns
+(one full `model.forward` pass per pixel, nanoar.models.base): pixel q = (i, j) in raster
+order is x_q = [u_q < sigmoid(f_q)], the rule of `Bernoulli.draw`, with u_q = noise[:, q].
+Instead of a full pass, each layer's output is computed at one new position per pixel (or,
+for the vertical stack of the gated model, one new row per image row) from caches of the
+layer below, because a convolution's output at q reads only inputs that are already final.
+
+The work is on plain arrays of the current device (NumPy or CuPy), no graph. Caches are
+channels-last (n, rows, cols, C), so a k x k window is one slice whose flattening
+(row, col, channel) matches `_window_matrix`.
+"""
+from __future__ import annotations
+
+from .. import backend
+from ..tensor import sigmoid_array
+
+__all__ = ["sample_pixelcnn_cached", "sample_gated_cached"]
+
+
+def _window_matrix(weight, rows=None):
+    """A conv weight (O, C, kh, kw) as the (kh' kw C, O) matrix that multiplies a flattened
+    channels-last window (kh', kw, C); `rows` keeps only the first kernel rows (the rows of a
+    raster mask below the centre are all zero, so they need not be read)."""
+    w = weight if rows is None else weight[:, :, :rows, :]
+    xp = backend.array_module(w)
+    return xp.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+
+
+def _linear(conv):
+    """A 1x1 Conv2d as a (C, O) matrix and an (O,) bias acting on channels-last rows (..., C)."""
+    return _window_matrix(conv.weight.data), conv.bias.data
+
+
+def _gate(a):
+    """`nn.gated_activation` on arrays, channels last: (..., 2C) -> (..., C),
+    tanh(first half) * sigmoid(second half)."""
+    c = a.shape[-1] // 2
+    return backend.array_module(a).tanh(a[..., :c]) * sigmoid_array(a[..., c:])
+
+
+def sample_pixelcnn_cached(model, noise):
+    """`model.sample_naive(noise)` of a PixelCNN, with per-layer caches: noise (n, H W)
+    uniforms in raster order -> x (n, H W) of 0/1.
+
+    Exact: every layer's output at q = (i, j) depends only on its input at positions <= q
+    (type B) or < q (type A) in raster order, so once the pixels before q are drawn each
+    layer's output at q is final. Per pixel, each layer computes ONE position: its masked
+    window (the kernel rows down to the centre row) times the weight matrix, read from a
+    zero-padded channels-last cache (n, H + p, W + 2p, C) of its input; positions at and
+    after q that the window covers are still zero, and the mask multiplies them by zero.
+    """
+    xp, dt = backend.array_module(noise), model.dtype
+    n = noise.shape[0]
+    H, W, C = model.height, model.width, model.channels
+    pa, ka = model.first_kernel // 2, model.first_kernel
+    p, k = model.kernel // 2, model.kernel
+    wa, ba = _window_matrix(model.conv_a.weight.data * model.conv_a.mask, rows=pa + 1), model.conv_a.bias.data
+    res = [(_window_matrix(c.weight.data * c.mask, rows=p + 1), c.bias.data) for c in model.res]
+    w1, b1 = _linear(model.out1)
+    w2, b2 = _linear(model.out2)
+    # x and the input of every residual block, zero-padded: p rows on top, p columns each side
+    xbuf = xp.zeros((n, H + pa, W + 2 * pa, 1), dt)
+    hbuf = [xp.zeros((n, H + p, W + 2 * p, C), dt) for _ in res]
+    for i in range(H):
+        for j in range(W):
+            h = xp.maximum(xbuf[:, i:i + pa + 1, j:j + ka].reshape(n, -1) @ wa + ba, 0)  # (n, C): h_0 at q
+            for buf, (w, b) in zip(hbuf, res):
+                buf[:, i + p, j + p] = h  # the block's input at q, before its window reads it
+                h = h + xp.maximum(buf[:, i:i + p + 1, j:j + k].reshape(n, -1) @ w + b, 0)  # (n, C)
+            logit = (xp.maximum(h @ w1 + b1, 0) @ w2 + b2)[:, 0]  # (n,): f_q
+            xbuf[:, i + pa, j + pa, 0] = noise[:, i * W + j] < sigmoid_array(logit)
+    return xp.ascontiguousarray(xbuf[:, pa:, pa:pa + W, 0]).reshape(n, H * W)
+
+
+def sample_gated_cached(model, noise):
+    """`model.sample_naive(noise)` of a GatedPixelCNN, with row and pixel caches: noise
+    (n, H W) uniforms in raster order -> x (n, H W) of 0/1.
+
+    Exact: the vertical stack at row i depends only on rows above i, so when row i begins
+    its pre-activations u_l for the WHOLE row (and their 1x1 links) are final and are
+    computed at once from the cached vertical maps of the rows above. The horizontal stack
+    at q = (i, j) depends only on row i up to q (< q at layer 0) and on the vertical stack,
+    so per pixel each layer computes ONE position: its 1 x (p+1) window of the cached row
+    of h_{l-1} plus the precomputed link at column j.
+    """
+    xp, dt = backend.array_module(noise), model.dtype
+    n = noise.shape[0]
+    H, W, C, L = model.height, model.width, model.channels, model.n_layers
+    p, k = model.kernel // 2, model.kernel
+    vw = [(_window_matrix(c.weight.data), c.bias.data) for c in model.vconv]
+    hw = [(_window_matrix(c.weight.data), c.bias.data) for c in model.hconv]
+    lw = [_linear(c) for c in model.link]
+    ow = [_linear(c) for c in model.hout]
+    w1, b1 = _linear(model.out1)
+    w2, b2 = _linear(model.out2)
+    xbuf = xp.zeros((n, H + p, W + 2 * p, 1), dt)                          # x, padded
+    vbuf = [xp.zeros((n, H + p, W + 2 * p, C), dt) for _ in range(L - 1)]  # v_l, padded
+    hrow = [xp.zeros((n, W + p, C), dt) for _ in range(L - 1)]             # h_l on row i
+    for i in range(H):
+        links = []
+        for l in range(L):
+            src, kv = (xbuf, p) if l == 0 else (vbuf[l - 1], p + 1)
+            slab = src[:, i:i + kv]                  # rows i-p .. i-1 (l = 0) or i (l > 0)
+            cols = xp.concatenate([slab[:, a, d:d + W] for a in range(kv) for d in range(k)], axis=-1)
+            u = cols @ vw[l][0] + vw[l][1]           # (n, W, 2C): u_l on row i
+            links.append(u @ lw[l][0] + lw[l][1])    # (n, W, 2C): link_l(u_l)
+            if l < L - 1:
+                vbuf[l][:, i + p, p:p + W] = _gate(u)  # v_l on row i
+        for j in range(W):
+            a = xbuf[:, i + p, j:j + p].reshape(n, -1) @ hw[0][0] + hw[0][1] + links[0][:, j]  # (n, 2C)
+            h = _gate(a) @ ow[0][0] + ow[0][1]       # (n, C): h_0 at q
+            for l in range(1, L):
+                row = hrow[l - 1]
+                row[:, j + p] = h                    # h_{l-1} at q, then its window
+                a = row[:, j:j + p + 1].reshape(n, -1) @ hw[l][0] + hw[l][1] + links[l][:, j]
+                h = h + _gate(a) @ ow[l][0] + ow[l][1]
+            logit = (xp.maximum(xp.maximum(h, 0) @ w1 + b1, 0) @ w2 + b2)[:, 0]  # (n,): f_q
+            xbuf[:, i + p, j + p, 0] = noise[:, i * W + j] < sigmoid_array(logit)
+    return xp.ascontiguousarray(xbuf[:, p:, p:p + W, 0]).reshape(n, H * W)

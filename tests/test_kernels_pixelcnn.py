@@ -1,0 +1,88 @@
+"""The cached samplers of nanoar.kernels.pixelcnn equal the naive ancestral sampler
+(`model.sample_naive`, one full forward pass per pixel) given the same noise: on random
+image sizes, channels, kernels and depths in float32 and float64, and on every device.
+
+The samplers have no gradient, so value equality is the whole contract. Weights are scaled
+up so that the conditionals are far from 1/2: a wrong logit then flips pixels.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nanoar
+from nanoar import backend, no_grad
+from nanoar.kernels.pixelcnn import sample_gated_cached, sample_pixelcnn_cached
+from nanoar.models.pixelcnn import GatedPixelCNN, PixelCNN
+
+from strategies import fixture_settings
+
+
+def make(kind, h, w, seed=0, scale=3.0, **kw):
+    """A small model of either variant from a fixed seed, its weights scaled by `scale`."""
+    nanoar.manual_seed(seed)
+    if kind == "pixelcnn":
+        m = PixelCNN(h, w, **{**dict(channels=3, n_residual=2, first_kernel=3, kernel=3, head_channels=4), **kw})
+    else:
+        m = GatedPixelCNN(h, w, **{**dict(channels=3, n_layers=2, kernel=3, head_channels=4), **kw})
+    for p in m.parameters():
+        if p.ndim >= 2:
+            p.data *= scale
+    return m
+
+
+CACHED = {PixelCNN: sample_pixelcnn_cached, GatedPixelCNN: sample_gated_cached}
+
+
+def both_samplers(m, n, seed):
+    """(cached, naive) samples as host arrays (n, H W) from the same uniforms."""
+    noise = m.sample_noise(backend.make_rng(seed), n)
+    with no_grad():
+        cached, naive = CACHED[type(m)](m, noise), m.sample_naive(noise)
+    assert type(cached) is type(noise) and cached.shape == (n, m.height * m.width) and cached.dtype == m.dtype
+    return nanoar.to_numpy(cached), nanoar.to_numpy(naive)
+
+
+# a variant and its sizes: images 1..6 x 1..6 (smaller than the kernels too), every kernel
+# size, 0-3 layers, batches of 1-4
+configs = st.one_of(
+    st.fixed_dictionaries(dict(kind=st.just("pixelcnn"), h=st.integers(1, 6), w=st.integers(1, 6),
+                               channels=st.integers(1, 4), n_residual=st.integers(0, 3),
+                               first_kernel=st.sampled_from([1, 3, 5, 7]), kernel=st.sampled_from([1, 3, 5]),
+                               head_channels=st.integers(1, 4), seed=st.integers(0, 2**16))),
+    st.fixed_dictionaries(dict(kind=st.just("gated"), h=st.integers(1, 6), w=st.integers(1, 6),
+                               channels=st.integers(1, 4), n_layers=st.integers(1, 3),
+                               kernel=st.sampled_from([3, 5, 7]), head_channels=st.integers(1, 4),
+                               seed=st.integers(0, 2**16))),
+)
+
+
+@given(cfg=configs, n=st.integers(1, 4), dtype=st.sampled_from(["float32", "float64"]))
+def test_cached_samplers_equal_the_naive_sampler_on_random_configs(cfg, n, dtype):
+    cfg = dict(cfg)
+    with nanoar.default_dtype_as(dtype):
+        m = make(cfg.pop("kind"), cfg.pop("h"), cfg.pop("w"), **cfg)
+        cached, naive = both_samplers(m, n, cfg["seed"])
+    np.testing.assert_array_equal(cached, naive)
+
+
+@fixture_settings
+@given(seed=st.integers(0, 2**16))
+@pytest.mark.parametrize("kind,h,w", [("pixelcnn", 4, 6), ("pixelcnn", 5, 3), ("gated", 4, 6), ("gated", 6, 3)])
+def test_cached_samplers_equal_the_naive_sampler_on_every_device(device, kind, h, w, seed):
+    """Square and non-square images, three layers, on the device's arrays."""
+    m = make(kind, h, w, seed=2, channels=4, **({"n_residual": 3} if kind == "pixelcnn" else {"n_layers": 3}))
+    cached, naive = both_samplers(m, 5, seed)
+    np.testing.assert_array_equal(cached, naive)
+    assert 0 < cached.mean() < 1
+
+
+@pytest.mark.parametrize("kind", ["pixelcnn", "gated"])
+def test_sample_fast_is_the_cached_sampler(kind):
+    """`model.sample()` (method 'fast') runs the kernel on the noise of `sample_noise`, laid
+    out in raster order."""
+    m = make(kind, 3, 4)
+    noise = m.sample_noise(backend.make_rng(7), 6)
+    with no_grad():
+        want = CACHED[type(m)](m, noise).reshape(6, 1, 3, 4)
+    np.testing.assert_array_equal(m.sample(6, seed=7), want)
