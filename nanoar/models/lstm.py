@@ -7,21 +7,21 @@ x: int ids (N, T) in [0, K). The input at step t is the embedding of the previou
 t = 0 of a start token BOS = K (an extra, learned embedding row), so x_0 is conditioned on
 nothing and the model is exactly normalised for any T. Shapes, for n_layers stacked cells:
 
-    e_t = E[x_{t-1}]                                           (N, embed_dim)
-    layer l:  [i, f, g, o] = h^{l-1}_t W_x + h^l_{t-1} W_h + b    (N, 4H)
+    e_t = E[x_{t-1}]                                              (N, embed_dim)
+    layer l:  [i, f, g, o] = [h^{l-1}_t, h^l_{t-1}] W + b            (N, 4H)
               c^l_t = sigmoid(f) c^l_{t-1} + sigmoid(i) tanh(g);  h^l_t = sigmoid(o) tanh(c^l_t)
-    logits_t = h^L_t W_out + b_out                              (N, K)
+    logits_t = h^L_t W_out + b_out                                 (N, K)
 
-Each layer is an `nn.LSTMCell` (its weight (I + H, 4H) is [W_x; W_h]), run in the fused
-formulation: a layer's input projection for ALL time steps is one matrix product
-(N, T, I) @ (I, 4H) done before its time loop, and the time loop (forward and
-backpropagation through time) is one autograd node, `lstm_layer`.
+Each layer is an `nn.LSTMCell` applied at every step (`CharLSTM.layer`); with `fused` (the
+default) the same layer runs as `nanoar.kernels.lstm.lstm_steps`, the time loop and its
+backpropagation through time as one autograd node.
 
 State and truncated backpropagation through time: the state (h, c of every layer, and the
 last id read) summarises x_<t exactly, so scoring a long sequence chunk by chunk while
-carrying the state (`log_prob_chunk`) gives exactly the log-probabilities of one pass over
-the whole sequence; only the gradient stops at chunk boundaries (the state is detached).
-Sampling carries the state too: O(1) work per step ('fast'); 'naive' reruns the prefix.
+carrying the state (`log_prob_chunk`, and `training_loss`, which the training script calls
+on consecutive chunks) gives exactly the log-probabilities of one pass over the whole
+sequence; only the gradient stops at chunk boundaries (the state is detached). Sampling
+carries the state too: O(1) work per step ('fast'); 'naive' reruns the prefix.
 """
 from __future__ import annotations
 
@@ -29,86 +29,10 @@ from typing import NamedTuple
 
 from .. import backend
 from ..distributions import Categorical, sample_categorical
+from ..kernels.lstm import lstm_cell, lstm_steps
 from ..nn import Embedding, Linear, LSTMCell
-from ..tensor import Tensor, record_op, concatenate, matmul, no_grad
-from .base import SequenceModel, check_count
-
-
-def lstm_cell(gates, c):
-    """The LSTM gate nonlinearities on arrays: gates (N, 4H) = [i | f | g | o] preactivations,
-    c: (N, H) -> (h', c', acts) with acts = [sigmoid(i) | sigmoid(f) | tanh(g) | sigmoid(o)]
-    (N, 4H) (kept for the backward pass):
-
-        c' = sigmoid(f) c + sigmoid(i) tanh(g),    h' = sigmoid(o) tanh(c').
-
-    The order and formulas of `nn.LSTMCell`; sigmoid(x) = (1 + tanh(x / 2)) / 2 is bounded
-    for every x and needs one transcendental op.
-    """
-    xp = backend.array_module(gates)
-    hsz = c.shape[-1]
-    acts = gates * 0.5
-    xp.tanh(acts, out=acts)
-    acts += 1.0
-    acts *= 0.5                                                   # sigmoid of all four ...
-    acts[:, 2 * hsz:3 * hsz] = xp.tanh(gates[:, 2 * hsz:3 * hsz])  # ... but g: tanh
-    si, sf, tg, so = (acts[:, j * hsz:(j + 1) * hsz] for j in range(4))
-    c_new = sf * c
-    c_new += si * tg
-    h_new = so * xp.tanh(c_new)
-    return h_new, c_new, acts
-
-
-def lstm_layer(xw, w_h, h0, c0) -> Tensor:
-    """A whole LSTM layer over T steps as one node (backpropagation through time inside).
-
-    xw: (N, T, 4H) = every step's input projection x_t W_x + b (one product, outside);
-    w_h: (H, 4H) the recurrent weight; h0, c0: (N, H) arrays, the initial state (constants:
-    a carried state is detached) -> (hs, (h_T, c_T)): hs a Tensor (N, T, H) of the outputs
-    h_1, ..., h_T, and the final state as arrays (no gradient flows through them).
-
-    Forward, per step: gates_t = xw_t + h_{t-1} W_h, then `lstm_cell`. Backward, from t = T
-    down to 1, with g_h = g_hs_t + g_gates_{t+1} W_h^T and g_c carried:
-        g_c += g_h sigmoid(o) (1 - tanh(c_t)^2)
-        g_i = g_c tanh(g) si (1 - si),  g_f = g_c c_{t-1} sf (1 - sf),
-        g_g = g_c si (1 - tanh(g)^2),   g_o = g_h tanh(c_t) so (1 - so),   g_c <- g_c sf;
-    then g_xw = g_gates and g_W_h = sum_t h_{t-1}^T g_gates_t (one product over all steps).
-    One node per layer instead of ~15 per step: the graph, and the zero-filled gradients of
-    per-step slices, would otherwise cost more than the arithmetic.
-    """
-    xp = backend.array_module(xw.data)
-    n, t, four_h = xw.shape
-    hsz = four_h // 4
-    wh = w_h.data
-    dt = xw.dtype
-    hs = xp.empty((n, t + 1, hsz), dt)                            # h_0, h_1, ..., h_T
-    cs = xp.empty((n, t + 1, hsz), dt)
-    acts = xp.empty((n, t, four_h), dt)
-    hs[:, 0], cs[:, 0] = h0, c0
-    for s in range(t):
-        gates = hs[:, s] @ wh
-        gates += xw.data[:, s]
-        hs[:, s + 1], cs[:, s + 1], acts[:, s] = lstm_cell(gates, cs[:, s])
-
-    def backward(g_out):
-        g_gates = xp.empty((n, t, four_h), g_out.dtype)
-        g_h = xp.zeros((n, hsz), g_out.dtype)
-        g_c = xp.zeros((n, hsz), g_out.dtype)
-        for s in range(t - 1, -1, -1):
-            si, sf, tg, so = (acts[:, s, j * hsz:(j + 1) * hsz] for j in range(4))
-            tc = xp.tanh(cs[:, s + 1])
-            g_h += g_out[:, s]
-            g_c += g_h * so * (1.0 - tc * tc)
-            gg = g_gates[:, s]
-            gg[:, :hsz] = g_c * tg * si * (1.0 - si)
-            gg[:, hsz:2 * hsz] = g_c * cs[:, s] * sf * (1.0 - sf)
-            gg[:, 2 * hsz:3 * hsz] = g_c * si * (1.0 - tg * tg)
-            gg[:, 3 * hsz:] = g_h * tc * so * (1.0 - so)
-            g_c *= sf
-            g_h = gg @ wh.T
-        g_wh = hs[:, :-1].reshape(n * t, hsz).T @ g_gates.reshape(n * t, four_h)
-        return g_gates, g_wh
-
-    return record_op(hs[:, 1:], (xw, w_h), backward, "lstm_layer"), (hs[:, -1].copy(), cs[:, -1].copy())
+from ..tensor import Tensor, concatenate, no_grad, stack
+from .base import SequenceModel
 
 
 class LSTMState(NamedTuple):
@@ -124,8 +48,8 @@ class CharLSTM(SequenceModel):
     LSTM cells of hidden_size -> Linear -> logits. seq_len: default length of `sample` and
     `event_shape` (scoring accepts any T)."""
 
-    kind = "categorical"
-    variable_length = True
+    stateful = True
+    fused = True  # run each layer as one node (nanoar.kernels.lstm); False: LSTMCell steps
 
     def __init__(self, n_classes: int, embed_dim: int = 32, hidden_size: int = 128, n_layers: int = 2,
                  seq_len: int = 256):
@@ -138,15 +62,6 @@ class CharLSTM(SequenceModel):
         self.cells = [LSTMCell(embed_dim if l == 0 else hidden_size, hidden_size) for l in range(n_layers)]
         self.head = Linear(hidden_size, n_classes)
 
-    @property
-    def event_shape(self) -> tuple:
-        return (self.seq_len,)
-
-    @property
-    def bos(self) -> int:
-        """The start token id (= n_classes): the input of step 0."""
-        return self.n_classes
-
     def config(self) -> dict:
         return dict(n_classes=self.n_classes, embed_dim=self.embed_dim, hidden_size=self.hidden_size,
                     n_layers=self.n_layers, seq_len=self.seq_len)
@@ -158,22 +73,41 @@ class CharLSTM(SequenceModel):
         return LSTMState(zeros(), zeros(), xp.full((n,), self.bos, xp.int64))
 
     # ------------------------------------------------------------------ the network
-    def _run(self, e, state: LSTMState):
-        """Embedded inputs e (N, T, E) (step t's input, BOS already in front) -> top-layer
-        outputs (N, T, H), and the final per-layer h and c arrays."""
-        seq, hs, cs = e, [], []
+    def forward(self, inputs, state: LSTMState):
+        """The ids read at each step, inputs (N, T) (x_{t-1}; at t = 0 the state's `last`),
+        from `state` -> logits (N, T, K), and the final h and c of every layer (arrays)."""
+        e = self.embed(inputs, check=False)                                # (N, T, E)
+        return self.forward_embedded(e, state)
+
+    def forward_embedded(self, e, state: LSTMState):
+        """`forward` from the embedded inputs e (N, T, E)."""
+        x, hs, cs = e, [], []                                             # x: (N, T, E)
         for l, cell in enumerate(self.cells):
-            n_in = seq.shape[-1]
-            xw = matmul(seq, cell.weight[:n_in]) + cell.bias   # every step's input projection at once
-            seq, (h, c) = lstm_layer(xw, cell.weight[n_in:], state.h[l], state.c[l])
+            x, (h, c) = self.layer(cell, x, state.h[l], state.c[l])       # (N, T, H); (N, H), (N, H)
             hs.append(h)
             cs.append(c)
-        return seq, hs, cs
+        return self.head(x), tuple(hs), tuple(cs)                          # (N, T, K)
 
-    def _inputs(self, a, state: LSTMState):
-        """Ids (N, T) -> the ids read at each step: [last, x_0, ..., x_{T-2}] (N, T)."""
+    def layer(self, cell: LSTMCell, x, h0, c0):
+        """One layer: `cell` applied at every step, carrying (h, c). x: (N, T, I); h0, c0:
+        (N, H) arrays -> the outputs h_1, ..., h_T (N, T, H), and the final h, c as arrays
+        (detached: the gradient of a chunk stops at its first step)."""
+        if self.fused:
+            return lstm_steps(cell, x, h0, c0)      # the same steps as one node
+        h, c = Tensor(h0), Tensor(c0)                                      # (N, H), (N, H)
+        hs = []
+        for t in range(x.shape[1]):
+            h, c = cell(x[:, t], (h, c))                                   # (N, H), (N, H)
+            hs.append(h)
+        return stack(hs, axis=1), (h.data, c.data)                         # (N, T, H); (N, H), (N, H)
+
+    def _read(self, a, state: LSTMState):
+        """Checked ids a (N, T) that continue `state` -> logits (N, T, K) of every x_t, and
+        the state after a."""
         xp = backend.array_module(a)
-        return xp.concatenate([state.last[:, None].astype(a.dtype), a[:, :-1]], axis=1)
+        inputs = xp.concatenate([state.last[:, None].astype(a.dtype), a[:, :-1]], axis=1)  # (N, T)
+        logits, hs, cs = self.forward(inputs, state)
+        return logits, LSTMState(hs, cs, a[:, -1].astype(state.last.dtype))
 
     def _check_state(self, state, n) -> LSTMState:
         if state is None:
@@ -181,6 +115,11 @@ class CharLSTM(SequenceModel):
         if not isinstance(state, LSTMState) or len(state.h) != self.n_layers or state.h[0].shape != (n, self.hidden_size):
             raise ValueError(f"CharLSTM: state must be an LSTMState for {n} sequences from initial_state() or log_prob_chunk()")
         return state
+
+    # ------------------------------------------------------------------ likelihood
+    def distribution(self, a) -> Categorical:
+        """p(x_t | x_<t) for every t: checked ids (N, T) -> Categorical over (N, T)."""
+        return Categorical(self._read(a, self.initial_state(a.shape[0]))[0])
 
     def log_prob_chunk(self, x, state: LSTMState | None = None):
         """log p(x_t | everything read before) for a chunk that continues `state` (None: the
@@ -190,66 +129,58 @@ class CharLSTM(SequenceModel):
         The values are exact for the whole stream; gradients stop at the chunk boundary.
         """
         a = self.check_data(x)
-        state = self._check_state(state, a.shape[0])
-        seq, hs, cs = self._run(self.embed(self._inputs(a, state), check=False), state)
-        lp = Categorical(self.head(seq)).log_prob(a, check=False)
-        final = LSTMState(tuple(hs), tuple(cs), a[:, -1].astype(state.last.dtype))
-        return lp, final
+        logits, final = self._read(a, self._check_state(state, a.shape[0]))
+        return Categorical(logits).log_prob(a, check=False), final
 
-    def log_prob_per_variable(self, x, state: LSTMState | None = None) -> Tensor:
-        """log p(x_t | x_<t): ids (N, T) -> Tensor (N, T) (from `state` if given)."""
-        return self.log_prob_chunk(x, state)[0]
+    def training_loss(self, x, state: LSTMState | None = None):
+        """The mean NLL per id of a chunk that continues `state` (None: a fresh start), and
+        the state to pass with the next chunk (consecutive chunks: truncated BPTT)."""
+        lp, state = self.log_prob_chunk(x, state)
+        return -lp.mean(), state
 
-    def log_prob(self, x, state: LSTMState | None = None) -> Tensor:
-        return self.log_prob_per_variable(x, state).sum(axis=1)
+    def input_features(self, ids) -> Tensor:
+        """The embeddings of the ids, as constant float features: (N, T) -> (N, T, E)."""
+        with no_grad():
+            return self.embed(ids)
 
     def forward_from_inputs(self, e) -> Tensor:
         """Float embeddings e (N, T, E) of x_0, ..., x_{T-1} -> logits (N, T, K); the BOS
-        embedding is put in front and e[:, -1] dropped inside, so logits[:, t] sees e[:, :t]."""
+        embedding is put in front and e[:, -1] dropped, so logits[:, t] sees e[:, :t]."""
         e = e if isinstance(e, Tensor) else Tensor(e)
-        n = e.shape[0]
-        bos = self.embed(backend.xp().full((n, 1), self.bos, backend.xp().int64), check=False)
-        seq, _, _ = self._run(concatenate([bos, e[:, :-1]], axis=1), self.initial_state(n))
-        return self.head(seq)
+        state = self.initial_state(e.shape[0])
+        bos = self.embed(state.last[:, None], check=False)                 # (N, 1, E)
+        return self.forward_embedded(concatenate([bos, e[:, :-1]], axis=1), state)[0]
 
     # ------------------------------------------------------------------ sampling
+    def next_logits(self, prefix):
+        """The logits (n, K) of x_t given prefix = x_<t (n, t): the whole prefix from the
+        initial state."""
+        xp = backend.array_module(prefix)
+        state = self.initial_state(prefix.shape[0])
+        inputs = xp.concatenate([state.last[:, None], prefix], axis=1)     # (n, t + 1): BOS, x_0, ..., x_{t-1}
+        return self.forward(inputs, state)[0].data[:, -1]
+
     def step(self, state: LSTMState):
         """One step on plain arrays (no graph): the logits (N, K) of the next id given
         `state`, and the state after it (its `last` is left for the caller to set)."""
-        x = self.embed.weight.data[state.last]
+        x = self.embed.weight.data[state.last]                             # (N, E)
         hs, cs = [], []
         for l, cell in enumerate(self.cells):
             w, n_in = cell.weight.data, x.shape[-1]
-            gates = state.h[l] @ w[n_in:]                          # the order of `_run`
+            gates = state.h[l] @ w[n_in:]                                  # (N, 4H), in the order of lstm_layer
             gates += x @ w[:n_in] + cell.bias.data
-            x, c, _ = lstm_cell(gates, state.c[l])
+            x, c, _ = lstm_cell(gates, state.c[l])                         # (N, H), (N, H)
             hs.append(x)
             cs.append(c)
-        logits = x @ self.head.weight.data + self.head.bias.data
+        logits = x @ self.head.weight.data + self.head.bias.data           # (N, K)
         return logits, LSTMState(tuple(hs), tuple(cs), state.last)
 
-    def sample(self, n: int, seed=None, length: int | None = None, temperature: float = 1.0,
-               top_k: int = 0, prompt=None, method: str = "fast"):
-        """Ancestral samples: int64 ids (n, length), the prompt ((P,) or (n, P)) first.
-        method: 'fast' carries the state (O(1) per step); 'naive' reruns the whole prefix."""
-        n = check_count(n)
-        length = self.seq_len if length is None else int(length)
-        if method not in ("fast", "naive"):
-            raise ValueError(f"CharLSTM.sample: method must be 'fast' or 'naive', got {method!r}")
-        out, p = self._start(n, length, prompt)
-        rng = backend.make_rng(seed)
-        with no_grad():
-            state = self.initial_state(n)
-            if method == "fast" and p:
-                _, state = self.log_prob_chunk(out[:, :p])  # read the prompt in one pass
-            for t in range(p, length):
-                if method == "fast":
-                    logits, state = self.step(state)
-                else:
-                    lp_in = out[:, :t + 1]  # out[:, t] is a placeholder: only x_<t is read
-                    seq, _, _ = self._run(self.embed(self._inputs(lp_in, state), check=False), state)
-                    logits = self.head(seq[:, -1]).data
-                out[:, t] = sample_categorical(logits, rng, temperature, top_k)
-                if method == "fast":
-                    state = state._replace(last=out[:, t])
-        return out
+    def sample_fast(self, out, p: int, rng, temperature: float, top_k: int) -> None:
+        """Carry the state: read the prompt out[:, :p] in one pass, then one `step` per id."""
+        state = self.initial_state(out.shape[0])
+        if p:
+            _, state = self._read(out[:, :p], state)
+        for t in range(p, out.shape[1]):
+            logits, state = self.step(state)
+            out[:, t] = sample_categorical(logits, rng, temperature, top_k)
+            state = state._replace(last=out[:, t])
