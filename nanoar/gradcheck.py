@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
-from .tensor import Tensor, no_grad
+from .tensor import no_grad
 
 
 def numeric_grad(f, inputs, gy, eps=1e-6):
