@@ -180,8 +180,8 @@ def as_strided(a, shape, strides):
 
 def prefers_few_calls() -> bool:
     """Whether fewer, larger array calls pay even at the cost of an extra pass over memory:
-    True on the GPU, where every call is a kernel launch (about 10 us of host time each);
-    False on the CPU, where a call costs about a microsecond and memory passes dominate."""
+    True on the GPU, where every call is a kernel launch with its own host overhead; False
+    on the CPU, where a call is cheap and passes over memory dominate."""
     return _state["device"] == "cuda"
 
 

@@ -33,15 +33,14 @@ def clip_grad_norm(params, max_norm: float) -> float:
 class Optimizer:
     """The parameters' values and the optimiser's state live in flat buffers, so that on a
     GPU a step can be a dozen whole-buffer array calls however many parameters the model
-    has. (Every array call is a kernel launch there: per-parameter updates of a WaveNet's
-    66 parameters cost about 850 launches a step, the whole-buffer update about 15.)
+    has (every array call is a kernel launch there).
 
     At construction every parameter's array becomes a view into the flat buffer `_flat`;
     matrices (ndim >= 2) come first there, so weight decay is one slice. A parameter whose
     array was replaced since (e.g. by `Module.load_state_dict`) is taken back in at the next
     step. Where `backend.prefers_few_calls()` (the GPU), the gradients are gathered with one
     concatenate and the update runs on whole buffers; on the CPU, where that gather would
-    be an extra pass over memory (measured: MADE's Adam step 5.0 -> 6.0 ms), and whenever
+    be an extra pass over memory, and whenever
     some parameter has no gradient, the update runs parameter by parameter on the same
     buffers (a parameter without a gradient is left alone, state and all).
     """
