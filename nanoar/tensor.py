@@ -439,7 +439,7 @@ def sigmoid_array(x, out=None):
     with np.errstate(over="ignore"):  # (CuPy never warns; this touches NumPy only)
         xp.exp(y, out=y)
     y += 1.0
-    return xp.reciprocal(y, out=y)
+    return xp.divide(1.0, y, out=y)
 
 
 def sigmoid(x) -> Tensor:
