@@ -155,9 +155,43 @@ def rng():
     return _state["rng"]
 
 
+def _device_generator_type():
+    """cupy.random.Generator where CuPy is imported, else None (never imports CuPy)."""
+    return getattr(getattr(sys.modules.get("cupy"), "random", None), "Generator", None)
+
+
+def check_seed(seed, where: str = ""):
+    """A seed as `make_rng` takes it: None (the backend's generator), a non-negative integer
+    (numpy integers too) or a generator (numpy.random.Generator, or CuPy's); returned with
+    integers as Python ints. Anything else (a bool, a float, a string) is a ValueError that
+    names `seed`."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    gen = _device_generator_type()
+    if gen is not None and isinstance(seed, gen):
+        return seed
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)) and seed >= 0:
+        return int(seed)
+    raise ValueError(f"{where}seed must be None, a non-negative integer or a numpy Generator, got {seed!r}")
+
+
 def make_rng(seed=None):
-    """A fresh generator on the current device; `seed=None` means the backend's own."""
-    return _state["rng"] if seed is None else _state["xp"].random.default_rng(seed)
+    """A generator on the current device for `seed` (`check_seed`): None gives the backend's
+    own, an integer a fresh generator seeded with it, a generator of the current device
+    itself. A numpy Generator on the 'cuda' device seeds a fresh device generator with one
+    integer drawn from it (random numbers are drawn where the arrays live)."""
+    seed = check_seed(seed)
+    xp = _state["xp"]
+    if seed is None:
+        return _state["rng"]
+    if isinstance(seed, int):
+        return xp.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator) != (xp is np):
+        if xp is np:
+            raise DeviceError("a CuPy generator cannot draw samples on the 'cpu' device; pass an int seed "
+                              "or a numpy Generator")
+        return xp.random.default_rng(int(seed.integers(2**63)))
+    return seed
 
 
 # ----------------------------------------------------------------------------- differing calls

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import backend
 from .tensor import Tensor, bernoulli_log_prob, gather, log_softmax, sigmoid_array, softmax
 
@@ -64,21 +66,46 @@ class Categorical:
         return sample_categorical(self.logits.data, rng, temperature, top_k, self.axis)
 
 
+def check_temperature(temperature, where: str = "") -> float:
+    """A sampling temperature as a float: a finite number > 0 (1.0 samples the model's own
+    conditionals), else ValueError naming `temperature`. Bools and strings are refused."""
+    if (isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, (int, float, np.integer, np.floating))
+            or not math.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"{where}temperature must be a finite number > 0 (1.0: the model's own conditionals), "
+                         f"got {temperature!r}")
+    return float(temperature)
+
+
+def check_top_k(top_k, where: str = "") -> int:
+    """top_k as an int: a non-negative integer (0: every class), numpy integers too, else
+    ValueError naming `top_k`. Bools, floats and strings are refused."""
+    if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"{where}top_k must be a non-negative integer (0: sample among all classes), got {top_k!r}")
+    return int(top_k)
+
+
 def sample_categorical(logits, rng, temperature: float = 1.0, top_k: int = 0, axis: int = -1):
-    """Draw class ids from softmax(logits / temperature) along `axis` (array in, array out)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    """Draw class ids from softmax(logits / temperature) along `axis` (array in, array out).
+
+    temperature: a finite number > 0; top_k: a non-negative integer, the number of most
+    likely classes kept (0, or K or more: all). Both are checked (`check_temperature`,
+    `check_top_k`) before any array work.
+    """
+    temperature, top_k = check_temperature(temperature), check_top_k(top_k)
     xp = backend.array_module(logits)
     if axis not in (-1, logits.ndim - 1):  # (moveaxis costs more than the rest at batch 1)
         logits = xp.moveaxis(logits, axis, -1)
-    z = logits / temperature
+    z = logits - logits.max(axis=-1, keepdims=True)  # <= 0, the most likely class at 0
+    if temperature != 1.0:
+        # z / temperature, as a product by 1 / temperature kept finite and non-zero in z's
+        # dtype: a tiny temperature then gives (near-)greedy draws, never 0 * inf = NaN
+        info = np.finfo(z.dtype if z.dtype.kind == "f" else np.float64)
+        with np.errstate(over="ignore"):  # (a far-from-greedy class may reach -inf: weight 0)
+            z = z * min(max(1.0 / temperature, float(info.tiny)), float(info.max))
     k = z.shape[-1]
     if top_k and top_k < k:
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
         kth = xp.sort(z, axis=-1)[..., -top_k][..., None]
         z = xp.where(z < kth, -xp.inf, z)
-    z = z - z.max(axis=-1, keepdims=True)
     p = xp.exp(z)
     cdf = xp.cumsum(p, axis=-1)
     u = rng.random(z.shape[:-1] + (1,), dtype=cdf.dtype) * cdf[..., -1:]

@@ -118,16 +118,70 @@ def test_download_offline_message(server, tmp_path, dead_url):
     assert not dest.exists()
 
 
-def test_corrupt_cached_file_is_downloaded_again(server, tmp_path, capsys):
+def test_corrupt_cached_file_is_downloaded_again_and_kept_as_bad(server, tmp_path, capsys):
     body = b"the real thing" * 50
     url = server.add("/re.bin", body)
     dest = tmp_path / "re.bin"
     dest.write_bytes(b"bit rot")
     download([url], dest, sha(body), timeout=5)
     assert dest.read_bytes() == body
-    assert os.listdir(tmp_path) == ["re.bin"]
+    # never deleted: moved aside before the verified copy came in
+    assert sorted(os.listdir(tmp_path)) == ["re.bin", "re.bin.bad"]
+    assert (tmp_path / "re.bin.bad").read_bytes() == b"bit rot"
     err = capsys.readouterr().err
-    assert "corrupt" in err and str(dest) in err
+    assert "corrupt" in err and str(dest) in err and f"kept as {dest}.bad" in err
+    # a later bad copy replaces the older .bad (one .bad per file, the latest)
+    dest.write_bytes(b"more bit rot")
+    download([url], dest, sha(body), timeout=5)
+    assert dest.read_bytes() == body and (tmp_path / "re.bin.bad").read_bytes() == b"more bit rot"
+    assert sorted(os.listdir(tmp_path)) == ["re.bin", "re.bin.bad"]
+
+
+def test_the_bad_copy_is_moved_only_once_a_verified_copy_is_there(server, tmp_path, monkeypatch):
+    """At the moment the cached copy is moved aside, the verified download is complete on
+    disk beside it; a failure to move it aside leaves both, and says where."""
+    body = b"verified" * 100
+    url = server.add("/order.bin", body)
+    dest = tmp_path / "order.bin"
+    dest.write_bytes(b"old")
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append((os.path.basename(src), os.path.basename(dst), open(src, "rb").read()))
+        if os.path.basename(dst) == "order.bin.bad":
+            assert (tmp_path / "order.bin.download").read_bytes() == body  # the verified copy is already there
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    download([url], dest, sha(body), timeout=5)
+    assert [(s, d) for s, d, _ in seen][-2:] == [("order.bin", "order.bin.bad"), ("order.bin.download", "order.bin")]
+
+    # ... and where the bad copy cannot be moved aside, nothing is lost and the error says so
+    dest.write_bytes(b"old again")
+    (tmp_path / "order.bin.bad").unlink()
+    (tmp_path / "order.bin.bad").mkdir()
+    (tmp_path / "order.bin.bad" / "x").write_bytes(b"")  # a non-empty folder: os.replace fails
+    monkeypatch.setattr(os, "replace", real_replace)
+    with pytest.raises(DataError) as e:
+        download([url], dest, sha(body), timeout=5)
+    msg = str(e.value)
+    assert "could not move the bad cached copy aside" in msg and str(tmp_path / "order.bin.download") in msg
+    assert dest.read_bytes() == b"old again" and (tmp_path / "order.bin.download").read_bytes() == body
+
+
+def test_a_verified_download_left_by_an_interrupted_run_is_used(server, tmp_path, dead_url):
+    body = b"complete and verified" * 10
+    dest = tmp_path / "i.bin"
+    dest.write_bytes(b"bad")
+    (tmp_path / "i.bin.download").write_bytes(body)  # the run stopped between its two renames
+    download([dead_url + "i.bin"], dest, sha(body), timeout=5)  # offline: its checksum is enough
+    assert dest.read_bytes() == body and (tmp_path / "i.bin.bad").read_bytes() == b"bad"
+    # a leftover that is not the file is not used
+    (tmp_path / "j.bin.download").write_bytes(b"something else")
+    with pytest.raises(DataError):
+        download([dead_url + "j.bin"], tmp_path / "j.bin", sha(body), timeout=5)
+    assert not (tmp_path / "j.bin").exists()
 
 
 def test_corrupt_cached_file_is_kept_until_replaced(server, tmp_path, dead_url):
@@ -141,6 +195,9 @@ def test_corrupt_cached_file_is_kept_until_replaced(server, tmp_path, dead_url):
     assert os.listdir(tmp_path) == ["re.bin"]
     msg = str(e.value)
     assert "left in place" in msg and sha(b"old copy") in msg and str(dest) in msg
+    assert msg.splitlines()[-1] == (
+        f"The bad copy there (sha256 {sha(b'old copy')}) was left in place, unchanged, at {dest}; replace it."
+    )
 
 
 def test_default_data_dir(monkeypatch, tmp_path):

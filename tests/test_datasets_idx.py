@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import struct
 import tempfile
 
@@ -143,3 +144,86 @@ def test_write_idx_creates_folders(tmp_path):
     write_idx(path, np.ones(3, np.uint8))
     assert np.array_equal(read_idx(path), np.ones(3, np.uint8))
     assert os.listdir(path.parent) == ["x.gz"]
+
+
+# ---------------------------------------------------------------------------
+# Headers that cannot be read: one short DataError line naming the file
+# ---------------------------------------------------------------------------
+
+KNOWN_CODES = {0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E}
+
+
+def _refused(tmp_path, raw: bytes, name="h.idx") -> str:
+    path = tmp_path / name
+    path.write_bytes(raw)
+    with pytest.raises(DataError) as e:
+        read_idx(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg and len(msg) < 300, msg
+    return msg
+
+
+@settings(max_examples=40, deadline=None)
+@given(code=st.integers(0, 255).filter(lambda c: c not in KNOWN_CODES))
+def test_idx_unknown_element_type(code):
+    with tempfile.TemporaryDirectory() as d:
+        msg = _refused(pathlib.Path(d), bytes([0, 0, code, 1]) + struct.pack(">I", 2) + b"\x00\x00")
+    assert f"unknown IDX element type 0x{code:02x}" in msg and "0x08" in msg
+
+
+@settings(max_examples=40, deadline=None)
+@given(ndim=st.sampled_from([0]) | st.integers(33, 255))
+def test_idx_zero_or_absurd_number_of_dimensions(ndim):
+    """0 dimensions (a scalar: not what an IDX file holds) or more than IDX_MAX_NDIM."""
+    with tempfile.TemporaryDirectory() as d:
+        msg = _refused(pathlib.Path(d), bytes([0, 0, 0x08, ndim]) + b"\x00\x00\x00\x01" * ndim + b"\x07")
+    assert f"{ndim} dimensions (an IDX file has 1 to 32)" in msg
+
+
+def test_idx_size_is_computed_without_overflow(tmp_path):
+    """Dimensions whose product overflows 64 bits are a size mismatch with the exact count,
+    not a wrapped (or negative) one that could match a small file."""
+    dims = [2**32 - 1] * 3
+    msg = _refused(tmp_path, bytes([0, 0, 0x0E, 3]) + struct.pack(">3I", *dims) + b"\x00" * 64)
+    assert f"expected {16 + (2**32 - 1) ** 3 * 8} bytes, got {16 + 64}" in msg and "size mismatch" in msg
+    # 2**64 elements of one byte wrap to 0 in int64: the file with no data is still refused
+    msg = _refused(tmp_path, bytes([0, 0, 0x08, 2]) + struct.pack(">2I", 2**32 - 1, 2**32 - 1), name="w")
+    assert "size mismatch" in msg
+    # no elements (a 0 dimension) and no data, but the other dimensions are more than an array can have
+    msg = _refused(tmp_path, bytes([0, 0, 0x08, 4]) + struct.pack(">4I", 0, 2**32 - 1, 2**32 - 1, 2**32 - 1), name="z")
+    assert "too large for an array" in msg
+
+
+def test_idx_header_messages_are_one_line(tmp_path):
+    assert "truncated header" in _refused(tmp_path, bytes([0, 0, 8, 3]) + b"\x00\x00\x00\x01")
+    assert "bad magic" in _refused(tmp_path, b"\x00\x01\x08\x01" + b"\x00" * 8)
+    assert "not an IDX file" in _refused(tmp_path, b"\x00\x00")
+    assert "size mismatch" in _refused(tmp_path, bytes([0, 0, 8, 1]) + struct.pack(">I", 5) + b"\x00" * 4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=st.binary(max_size=48)
+    | st.builds(
+        lambda code, dims, extra: bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + extra,
+        st.sampled_from(sorted(KNOWN_CODES)) | st.integers(0, 255),
+        st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 4), max_size=40),
+        st.binary(max_size=32),
+    )
+)
+def test_idx_any_bytes_give_an_array_or_a_data_error(raw):
+    """Whatever the bytes, parse_idx returns an array of the header's shape or raises
+    DataError: never an overflow, a NumPy error or a huge allocation."""
+    try:
+        arr = parse_idx(raw, name="fuzz")
+    except DataError as e:
+        assert str(e).startswith("fuzz: ") and "\n" not in str(e)
+        return
+    assert arr.ndim == raw[3] and arr.nbytes == len(raw) - 4 - 4 * raw[3]
+
+
+def test_write_idx_refuses_what_read_idx_refuses(tmp_path):
+    with pytest.raises(ValueError, match="does not fit an IDX header"):
+        write_idx(tmp_path / "scalar", np.array(3, np.uint8))
+    with pytest.raises(ValueError, match="1 to 32 dimensions"):
+        write_idx(tmp_path / "deep", np.zeros((1,) * 33, np.uint8))

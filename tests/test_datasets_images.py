@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pathlib
 import tempfile
 
 import numpy as np
@@ -370,3 +371,206 @@ def test_binary_image_data_fixed_and_errors():
         datasets.BinaryImageData(_grey_splits(), "fixed")
     with pytest.raises(ValueError, match="no labels"):
         next(d.train_batches(4, rng, with_labels=True))
+
+
+# ---------------------------------------------------------------------------
+# Refusals: already-binary folders, too few images, bad thresholds
+# ---------------------------------------------------------------------------
+
+
+def _idx_folder(folder, train, test):
+    datasets.write_idx(folder / "train-images-idx3-ubyte", train)
+    datasets.write_idx(folder / "t10k-images-idx3-ubyte.gz", test)
+    return str(folder)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    ones=hnp.arrays(np.bool_, st.tuples(st.integers(2, 8), st.integers(1, 4), st.integers(1, 4))),
+    test_ones=hnp.arrays(np.bool_, st.tuples(st.integers(1, 4), st.just(4), st.just(4))),
+    white=st.sampled_from([(1, 1), (255, 255), (1, 255), (255, 1)]),
+)
+def test_load_idx_folder_recognises_binary_images(ones, test_ones, white):
+    """0/1 or 0/255 pixels (each file in either encoding) come back as 0/1 with binary=True,
+    so that a threshold at a grey level does not turn them into zeros."""
+    ones = np.broadcast_to(ones[:, :1, :1], (len(ones), 4, 4))  # the same H, W as the test images
+    train, test = ones.astype(np.uint8) * white[0], test_ones.astype(np.uint8) * white[1]
+    with tempfile.TemporaryDirectory() as d:
+        s = datasets.load_idx_folder(_idx_folder(pathlib.Path(d), train.astype(np.uint8), test.astype(np.uint8)))
+    assert s.binary and s.train.dtype == np.uint8 and s.test.dtype == np.uint8
+    assert np.array_equal(s.train, ones) and np.array_equal(s.test, test_ones)
+    data = datasets.BinaryImageData(s, "fixed", valid_fraction=0.5)
+    assert data.describe().endswith("binary as given (fixed)")
+    assert set(np.unique(data.test)) <= {0.0, 1.0} and np.array_equal(data.test[:, 0], test_ones)
+    with pytest.raises(ValueError, match="already binary"):
+        datasets.BinaryImageData(s, "threshold")
+
+
+def test_load_idx_folder_grey_and_mixed_encodings(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (6, 3, 3), dtype=np.uint8)
+    black_white = (rng.random((4, 3, 3)) < 0.5).astype(np.uint8) * 255
+    zero_one = black_white // 255
+    # grey images, and 0/255 images beside grey ones, are grey levels: thresholding them is right
+    s = datasets.load_idx_folder(_idx_folder(tmp_path / "a", grey, black_white))
+    assert not s.binary and np.array_equal(s.test, black_white)
+    assert datasets.pixel_levels(grey) == "grey" and datasets.pixel_levels(black_white) == "0/255"
+    assert datasets.pixel_levels(zero_one) == "0/1" and datasets.pixel_levels(np.zeros((2, 2), np.uint8)) == "0/1"
+    # 0/1 images beside grey ones: one of the two files is not what the other is
+    with pytest.raises(DataError) as e:
+        datasets.load_idx_folder(_idx_folder(tmp_path / "b", grey, zero_one))
+    msg = str(e.value)
+    assert str(tmp_path / "b" / "t10k-images-idx3-ubyte.gz") in msg and "train-images-idx3-ubyte" in msg
+    assert "every pixel is 0 or 1" in msg and "grey levels" in msg
+
+
+@pytest.mark.parametrize(
+    "n_train, n_test, match",
+    [
+        (1, 3, r"train-images-idx3-ubyte: holds 1 image\(s\); at least 2 are needed"),
+        (0, 3, r"train-images-idx3-ubyte: holds 0 image\(s\); at least 2 are needed"),
+        (8, 0, r"t10k-images-idx3-ubyte.gz: holds 0 image\(s\); at least 1 is needed \(to test on\)"),
+    ],
+)
+def test_load_idx_folder_with_too_few_images(tmp_path, n_train, n_test, match):
+    rng = np.random.default_rng(1)
+    folder = _idx_folder(tmp_path, rng.integers(0, 256, (n_train, 5, 5), dtype=np.uint8),
+                         rng.integers(0, 256, (n_test, 5, 5), dtype=np.uint8))
+    with pytest.raises(DataError, match=match):
+        datasets.load_idx_folder(folder)
+    datasets.write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 0, 5), np.uint8))
+    with pytest.raises(DataError, match="H, W >= 1"):
+        datasets.load_idx_folder(folder)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 80), fraction=st.sampled_from([0.1, 0.05, 0.2, 0.5, 0.9, 0.01]))
+def test_binary_image_data_says_how_many_images_a_split_needs(n, fraction):
+    rng = np.random.default_rng(n)
+    s = datasets.ImageSplits("mine", rng.integers(0, 256, (n, 2, 2), dtype=np.uint8),
+                             rng.integers(0, 256, (1, 2, 2), dtype=np.uint8))
+    need = datasets.min_examples_for_split(fraction)
+    if n >= need:
+        d = datasets.BinaryImageData(s, "threshold", valid_fraction=fraction)
+        assert d.n_train >= 1 and len(d.valid) >= 1 and d.n_train + len(d.valid) == n
+    else:
+        with pytest.raises(DataError) as e:
+            datasets.BinaryImageData(s, "threshold", valid_fraction=fraction)
+        assert str(e.value) == (f"mine: {n} training image(s) are too few to hold out {fraction:.0%} for "
+                                f"validation and train on the rest: at least {need} are needed")
+
+
+def test_min_examples_for_split():
+    assert datasets.min_examples_for_split(0.1) == 6  # round(0.5) == 0
+    assert datasets.min_examples_for_split(0.5) == 2
+    assert datasets.min_examples_for_split(1e-6) == 500001
+    for f in (0.1, 0.33, 0.9, 0.999):
+        n = datasets.min_examples_for_split(f)
+        datasets.split_validation(n, f)
+        with pytest.raises(ValueError):
+            datasets.split_validation(n - 1, f)
+
+
+def test_binary_image_data_without_test_images():
+    s = datasets.ImageSplits("none", np.zeros((10, 2, 2), np.uint8), np.zeros((0, 2, 2), np.uint8))
+    with pytest.raises(DataError, match="^none: 0 test images; at least 1 is needed$"):
+        datasets.BinaryImageData(s)
+    with pytest.raises(ValueError, match="valid_fraction must be in"):
+        datasets.BinaryImageData(_grey_splits(), valid_fraction=0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(threshold=st.floats(allow_nan=True).filter(lambda t: not 0.0 <= t <= 1.0)
+       | st.sampled_from([True, False, "0.5", None, np.float32("nan"), -1, 2, np.int64(3)]))
+def test_a_threshold_outside_0_1_is_refused(threshold):
+    with pytest.raises(ValueError, match=r"^threshold must be a number in \[0, 1\]"):
+        datasets.BinaryImageData(_grey_splits(20, 2), "threshold", threshold=threshold)
+    with pytest.raises(ValueError, match="threshold"):
+        datasets.binarize_threshold(np.zeros((1, 2, 2), np.uint8), threshold)
+    with pytest.raises(ValueError, match="threshold"):  # whatever the binarization: a bad value is a mistake
+        datasets.BinaryImageData(_grey_splits(20, 2), "dynamic", threshold=threshold)
+
+
+def test_thresholds_0_and_1_are_accepted():
+    for t in (0, 1, 0.0, 1.0, np.float32(0.25)):
+        assert datasets.BinaryImageData(_grey_splits(20, 2), "threshold", threshold=t).threshold == float(t)
+
+
+# ---------------------------------------------------------------------------
+# MNIST content hashes: a copy of the wrong dataset in the MNIST cache
+# ---------------------------------------------------------------------------
+
+
+def test_mnist_and_fashion_mnist_tables_have_content_hashes():
+    for table in (images._MNIST_FILES, images._FASHION_MNIST_FILES):
+        for spec in table.values():
+            assert len(spec.content_sha256) == 64 and int(spec.content_sha256, 16) >= 0
+    mnist = {s.content_sha256 for s in images._MNIST_FILES.values()}
+    fashion = {s.content_sha256 for s in images._FASHION_MNIST_FILES.values()}
+    assert len(mnist) == len(fashion) == 4 and not mnist & fashion
+
+
+@pytest.fixture
+def tiny_fashion(server, monkeypatch, tiny_mnist):
+    """A 20/8-image 'fashion-mnist' beside tiny_mnist, with the same file names."""
+    rng = np.random.default_rng(9)
+    _, names, _ = tiny_mnist
+    files, blobs = {}, {}
+    for key, shape in (("train_images", (20, 28, 28)), ("test_images", (8, 28, 28)),
+                       ("train_labels", (20,)), ("test_labels", (8,))):
+        arr = rng.integers(0, 256 if "images" in key else 10, shape, dtype=np.uint8)
+        blobs[key] = _gz_idx(arr)
+        files[key] = images._IdxFile(names[key], sha(blobs[key]), sha(gzip.decompress(blobs[key])), arr.shape)
+        server.add("/tinyfashion/" + names[key], blobs[key])
+    monkeypatch.setitem(images._DATASETS, "fashion-mnist",
+                        dict(files=files, mirrors=[server.base + "/tinyfashion/"], system_dirs=[]))
+    return names, blobs
+
+
+def test_a_fashion_mnist_file_in_the_mnist_cache_is_refused(tiny_mnist, tiny_fashion, tmp_path, dead_url, capsys):
+    arrays, names, mnist_blobs = tiny_mnist
+    _, fashion_blobs = tiny_fashion
+    cache = tmp_path / "mnist"
+    cache.mkdir()
+    # gunzipped, under the plain name: refused, and the message says what it is
+    plain = cache / names["train_images"][:-3]
+    plain.write_bytes(gzip.decompress(fashion_blobs["train_images"]))
+    with pytest.raises(DataError) as e:
+        datasets.load_images("mnist", data_dir=str(tmp_path), mirrors=[dead_url])
+    assert str(plain) in str(e.value) and "it holds fashion-mnist's train-images-idx3-ubyte.gz" in str(e.value)
+    plain.unlink()
+    # as the .gz: offline it is refused and left in place; online it is replaced and kept as .bad
+    gz = cache / names["train_images"]
+    gz.write_bytes(fashion_blobs["train_images"])
+    with pytest.raises(DataError, match="left in place"):
+        datasets.load_images("mnist", data_dir=str(tmp_path), mirrors=[dead_url])
+    assert "it holds fashion-mnist's" in capsys.readouterr().err
+    assert gz.read_bytes() == fashion_blobs["train_images"]
+    s = datasets.load_images("mnist", data_dir=str(tmp_path))
+    assert np.array_equal(s.train, arrays["train_images"])
+    assert (cache / (names["train_images"] + ".bad")).read_bytes() == fashion_blobs["train_images"]
+
+
+def test_a_repackaged_gz_in_the_cache_is_used_offline(tiny_mnist, tmp_path, no_pooch):
+    """A .gz with other bytes (gzip header) but the same data passes by its content hash."""
+    arrays, names, blobs = tiny_mnist
+    cache = tmp_path / "mnist"
+    cache.mkdir()
+    for key, name in names.items():
+        (cache / name).write_bytes(gzip.compress(gzip.decompress(blobs[key]), mtime=777))
+        assert sha((cache / name).read_bytes()) != sha(blobs[key])
+    s = datasets.load_images("mnist", data_dir=str(tmp_path))
+    assert np.array_equal(s.test, arrays["test_images"]) and sorted(os.listdir(cache)) == sorted(names.values())
+
+
+@pytest.mark.skipif(
+    not os.path.isfile("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
+def test_the_real_fashion_mnist_labels_are_not_mnist(tmp_path, dead_url, capsys):
+    with open("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz", "rb") as f:
+        plain = gzip.decompress(f.read())
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(plain)
+    with pytest.raises(DataError) as e:
+        images._load_idx_file(images._MNIST_FILES["test_labels"], [], str(tmp_path), [dead_url])
+    assert "it holds fashion-mnist's t10k-labels-idx1-ubyte.gz" in str(e.value)

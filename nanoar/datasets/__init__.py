@@ -7,12 +7,14 @@ Modules, in reading order:
 
 * ``download`` -- ``DataError``, the cache folder (``default_data_dir``),
   checksums, atomic writes, and ``download``, which fetches a file from a list
-  of mirrors with pooch and verifies its SHA-256 before it is used.
+  of mirrors with pooch and verifies its SHA-256 before it is used (a cached
+  copy that fails its checksum is kept as ``NAME.bad``, never deleted).
 * ``idx`` -- IDX files, the format MNIST and Fashion-MNIST ship in
   (``read_idx``, ``parse_idx``, ``write_idx``).
 * ``images`` -- ``load_images`` for 'mnist', 'fashion-mnist' and
-  'binarized-mnist', ``load_idx_folder`` for your own IDX files,
-  ``binarize_threshold``, ``binarize_dynamic``, ``split_validation`` and
+  'binarized-mnist', ``load_idx_folder`` for your own IDX files (grey or
+  already binary, ``pixel_levels``), ``binarize_threshold`` (``check_threshold``),
+  ``binarize_dynamic``, ``split_validation`` (``min_examples_for_split``) and
   ``BinaryImageData``, which yields shuffled training batches of 0/1 images.
 * ``text`` -- tiny Shakespeare (``load_text``), ``CharVocab``, ``split_text``
   and ``get_windows``.
@@ -34,8 +36,11 @@ from .images import (
     ImageSplits,
     binarize_dynamic,
     binarize_threshold,
+    check_threshold,
     load_idx_folder,
     load_images,
+    min_examples_for_split,
+    pixel_levels,
     split_validation,
 )
 from .text import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_URL, CharVocab, get_windows, load_text, split_text

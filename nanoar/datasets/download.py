@@ -140,13 +140,16 @@ def download(
       it to ``dest_path`` only once its checksum matches; so a file at
       ``dest_path`` is always complete.
     * A cached file whose checksum does not match (a corrupt or old copy) is
-      reported on stderr and stays where it is until a verified download
-      replaces it: offline, it is not lost.
+      reported on stderr and never deleted: it stays where it is until a
+      verified copy has been downloaded, is then moved aside to
+      ``dest_path + ".bad"`` (replacing an older ``.bad``), and only then is
+      the verified copy moved in.  Offline, it is not lost.
     * A mirror that fails (network error, HTTP error, truncated body, wrong
       checksum) is skipped and the next one tried; nothing of it is kept.
     * If every mirror fails, a DataError lists each failure -- a checksum
-      mismatch names the expected and actual hash -- and says exactly where to
-      put the file by hand for offline use.
+      mismatch names the expected and actual hash -- says exactly where to
+      put the file by hand for offline use, and where the bad cached copy
+      (if any) was kept.
 
     Args:
         urls: one URL or a list of mirrors' URLs for the same file.
@@ -161,6 +164,7 @@ def download(
     expected = sha256.lower() if sha256 else None
 
     stale = None  # sha256 of a cached copy that does not match, left in place
+    bad_path = dest_path + ".bad"
     if os.path.exists(dest_path):
         if expected is None:
             return dest_path
@@ -170,19 +174,23 @@ def download(
         log_progress(
             f"cached file {dest_path} is corrupt or out of date "
             f"(sha256 {stale}, expected {expected}); downloading it again "
-            "(it stays in place until a verified copy replaces it)"
+            f"(it stays in place until a verified copy replaces it, then it is kept as {bad_path})"
         )
 
     try:
         import pooch
     except ImportError:
-        problem = "has the wrong checksum" if stale is not None else "not found"
+        problem = "has the wrong checksum (it was left in place)" if stale is not None else "not found"
         raise DataError(
             f"{dest_path}: {problem}, and downloading needs pooch: `pip install pooch` "
             "(or `pip install -e '.[scripts]'`); or put the file there by hand"
             + (f" (sha256 {expected})" if expected else "")
         ) from None
 
+    # pooch streams the body into a temporary file and moves it to `incoming`
+    # once its checksum matches; `incoming` then replaces dest_path.  (A
+    # verified `incoming` left by an interrupted run is checked and used.)
+    incoming = dest_path + ".download"
     # Accept-Encoding: identity asks for the file's bytes as stored, so that
     # the checksum is computed over exactly what the mirror serves.
     downloader = pooch.HTTPDownloader(
@@ -197,7 +205,7 @@ def download(
                 pooch.retrieve(
                     url,
                     known_hash=f"sha256:{expected}" if expected else None,
-                    fname=name,
+                    fname=os.path.basename(incoming),
                     path=os.path.dirname(dest_path),
                     downloader=downloader,
                     progressbar=False,
@@ -210,6 +218,7 @@ def download(
                 failures.append(f"{url}: {type(e).__name__}: {e}")
                 log_progress(f"  failed: {type(e).__name__}: {e}")
                 continue
+            _move_in(incoming, dest_path, bad_path if os.path.exists(dest_path) else None)
             log_progress(f"  done, {os.path.getsize(dest_path)} bytes")
             return dest_path
 
@@ -219,5 +228,24 @@ def download(
     if expected:
         lines.append(f"(its sha256 must be {expected})")
     if stale is not None and os.path.exists(dest_path):
-        lines.append(f"The file there now has sha256 {stale}: it was left in place; replace it.")
+        lines.append(
+            f"The bad copy there (sha256 {stale}) was left in place, unchanged, at {dest_path}; replace it."
+        )
     raise DataError("\n".join(lines))
+
+
+def _move_in(incoming: str, dest_path: str, bad_path: str | None) -> None:
+    """Put the verified file ``incoming`` at ``dest_path``; first, when ``bad_path`` is
+    given, move the copy at ``dest_path`` there (replacing an older one), so that it is
+    kept, never deleted."""
+    if bad_path is not None:
+        try:
+            os.replace(dest_path, bad_path)
+        except OSError as e:
+            raise DataError(
+                f"{dest_path}: could not move the bad cached copy aside to {bad_path} ({e}); "
+                f"the verified download is at {incoming}: move it to {dest_path} by hand"
+            ) from None
+        log_progress(f"  the bad copy is kept as {bad_path}")
+    os.replace(incoming, dest_path)
+    _fsync_dir(os.path.dirname(dest_path))

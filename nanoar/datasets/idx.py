@@ -17,6 +17,7 @@ error.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -25,7 +26,7 @@ import numpy as np
 
 from .download import DataError, atomic_write
 
-__all__ = ["parse_idx", "read_idx", "write_idx", "gunzip_if_needed"]
+__all__ = ["parse_idx", "read_idx", "write_idx", "gunzip_if_needed", "IDX_MAX_NDIM"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -38,6 +39,9 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+# The most dimensions accepted: NumPy's own limit is 32 (NumPy 1) or 64 (NumPy 2), and
+# real IDX files have 1 to 4; a header byte above this is a corrupt or foreign file.
+IDX_MAX_NDIM = 32
 # Native dtype -> element-type byte, for write_idx.
 _IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 
@@ -73,11 +77,15 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if len(data) < 4:
         raise DataError(f"{name}: not an IDX file: only {len(data)} bytes, the header alone is at least 4")
     zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
-    if zero0 != 0 or zero1 != 0 or code not in _IDX_DTYPES:
+    if zero0 != 0 or zero1 != 0:
+        raise DataError(f"{name}: bad magic {data[:4].hex(' ')}: not an IDX file (an IDX file starts with 00 00)")
+    if code not in _IDX_DTYPES:
         raise DataError(
-            f"{name}: bad magic {data[:4].hex(' ')}: an IDX file starts with 00 00, "
-            f"then an element type in {{{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}}}, then ndim"
+            f"{name}: unknown IDX element type 0x{code:02x} (magic {data[:4].hex(' ')}); "
+            f"known types: {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}"
         )
+    if not 1 <= ndim <= IDX_MAX_NDIM:
+        raise DataError(f"{name}: bad IDX header: {ndim} dimensions (an IDX file has 1 to {IDX_MAX_NDIM})")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise DataError(
@@ -85,7 +93,8 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         )
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = _IDX_DTYPES[code]
-    expected = header_len + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python ints: the product of up to 32 dimensions of up to 2**32 - 1 never overflows.
+    expected = header_len + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         # Short: truncated download or copy.  Long: not what the header
         # claims either; better to refuse than to silently ignore data.
@@ -93,6 +102,9 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
             f"{name}: size mismatch: header says shape {shape} of {dtype.name}, "
             f"so expected {expected} bytes, got {len(data)}"
         )
+    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        # no elements (a dimension is 0), but the others multiply past what an array can be
+        raise DataError(f"{name}: bad IDX header: shape {shape} is too large for an array")
     arr = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
     # Native byte order (and a writeable copy rather than a view of `data`).
     return arr.astype(dtype.newbyteorder("="))
@@ -131,8 +143,11 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
             f"write_idx({path!r}): dtype {array.dtype} has no IDX type code; "
             "use uint8, int8, int16, int32, float32 or float64"
         )
-    if array.ndim > 255 or any(d >= 2**32 for d in array.shape):
-        raise ValueError(f"write_idx({path!r}): shape {array.shape} does not fit an IDX header")
+    if not 1 <= array.ndim <= IDX_MAX_NDIM or any(d >= 2**32 for d in array.shape):
+        raise ValueError(
+            f"write_idx({path!r}): shape {array.shape} does not fit an IDX header "
+            f"(1 to {IDX_MAX_NDIM} dimensions, each below 2**32)"
+        )
     code = _IDX_CODES[native]
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from typing import Iterator, Sequence
 
@@ -33,10 +34,13 @@ __all__ = [
     "ImageSplits",
     "load_images",
     "load_idx_folder",
+    "pixel_levels",
     "parse_amat",
     "binarize_threshold",
+    "check_threshold",
     "binarize_dynamic",
     "split_validation",
+    "min_examples_for_split",
     "BinaryImageData",
 ]
 
@@ -74,32 +78,40 @@ class _IdxFile:
     shape: tuple  # what read_idx must return
 
 
-# MNIST checksums: the SHA-256 of the files on the mirrors above.  Checked
-# against TensorFlow Datasets' url_checksums/mnist.txt and several other
-# independent projects (they all agree).  Content hashes not known here.
+# MNIST checksums.
+# * sha256 (the .gz on the mirrors above): checked against TensorFlow
+#   Datasets' url_checksums/mnist.txt and several other independent projects
+#   (they all agree).
+# * content_sha256 (the gunzipped IDX bytes): as published by several
+#   independent projects that verify their MNIST downloads (in Python, Go,
+#   CMake and shell), each listing all four and agreeing, several of them
+#   beside the .gz hashes above.  The decompressed sizes they give (47040016,
+#   60008, 7840016 and 10008 bytes) are those the IDX headers imply.  They
+#   make a copy placed by hand, gzipped or not, checkable, and tell a
+#   Fashion-MNIST file (same names, same shapes) from an MNIST one.
 _MNIST_FILES = {
     "train_images": _IdxFile(
         "train-images-idx3-ubyte.gz",
         "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        None,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
         (60000, 28, 28),
     ),
     "train_labels": _IdxFile(
         "train-labels-idx1-ubyte.gz",
         "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        None,
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
         (60000,),
     ),
     "test_images": _IdxFile(
         "t10k-images-idx3-ubyte.gz",
         "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        None,
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         (10000, 28, 28),
     ),
     "test_labels": _IdxFile(
         "t10k-labels-idx1-ubyte.gz",
         "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        None,
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
         (10000,),
     ),
 }
@@ -202,14 +214,27 @@ def _verify_local_idx(path: str, spec: _IdxFile) -> np.ndarray:
     if hashlib.sha256(raw).hexdigest() == spec.sha256:
         return arr
     if spec.content_sha256 is not None:
-        if hashlib.sha256(data).hexdigest() != spec.content_sha256:
+        content = hashlib.sha256(data).hexdigest()
+        if content != spec.content_sha256:
+            other = _known_contents().get(content)
             raise DataError(
                 f"{path}: not the expected {spec.name}: neither the file's sha256 ({spec.sha256}) "
                 f"nor that of its decompressed data ({spec.content_sha256}) matches"
+                + (f"; it holds {other[0]}'s {other[1]}" if other else "")
             )
     elif arr.shape != tuple(spec.shape) or arr.dtype != np.uint8:
         raise DataError(f"{path}: expected {spec.shape} uint8 for {spec.name}, got {arr.shape} {arr.dtype}")
     return arr
+
+
+def _known_contents() -> dict:
+    """content sha256 -> (dataset, file name) for every IDX file of a known dataset."""
+    return {
+        spec.content_sha256: (dataset, spec.name)
+        for dataset, cfg in _DATASETS.items()
+        for spec in cfg["files"].values()
+        if spec.content_sha256
+    }
 
 
 def _load_idx_file(spec: _IdxFile, search_dirs: Sequence[str], cache_dir: str, mirrors: Sequence[str]) -> np.ndarray:
@@ -217,11 +242,14 @@ def _load_idx_file(spec: _IdxFile, search_dirs: Sequence[str], cache_dir: str, m
 
     Order: each folder of ``search_dirs`` (read-only copies such as Debian's),
     trying the .gz name and the name without .gz; then a file without .gz in
-    ``cache_dir`` (put there by hand); then ``download`` into ``cache_dir``,
-    which uses the cached .gz if its checksum matches and otherwise downloads
-    it (keeping a mismatching cached .gz until a verified copy replaces it).
-    Only that last step needs the network and pooch.  A local copy that exists but is wrong is an error, not skipped:
-    silently using some other copy would hide the problem.
+    ``cache_dir`` (put there by hand); then the cached .gz, accepted if its
+    decompressed data has the known content hash (a repackaged .gz); then
+    ``download`` into ``cache_dir``, which uses the cached .gz if its checksum
+    matches and otherwise downloads it (a mismatching cached .gz stays until
+    a verified copy replaces it, and is then kept as .gz.bad).  Only that
+    last step needs the network and pooch.  A local copy that exists but is
+    wrong is an error, not skipped: silently using some other copy would hide
+    the problem.
     """
     plain = spec.name[:-3] if spec.name.endswith(".gz") else spec.name
     candidates = [os.path.join(d, n) for d in search_dirs for n in (spec.name, plain)]
@@ -231,8 +259,14 @@ def _load_idx_file(spec: _IdxFile, search_dirs: Sequence[str], cache_dir: str, m
             try:
                 return _verify_local_idx(path, spec)
             except DataError as e:
-                raise DataError(f"{e}\nDelete or replace {path} and try again.") from None
-    path = download([m + spec.name for m in mirrors], os.path.join(cache_dir, spec.name), spec.sha256)
+                raise DataError(f"{e}\nMove it aside or replace it, and try again.") from None
+    cached = os.path.join(cache_dir, spec.name)
+    if spec.content_sha256 is not None and os.path.isfile(cached):
+        try:
+            return _verify_local_idx(cached, spec)
+        except DataError as e:
+            log_progress(str(e))  # (download below replaces it and keeps it as .bad)
+    path = download([m + spec.name for m in mirrors], cached, spec.sha256)
     arr = read_idx(path)
     if arr.shape != tuple(spec.shape):
         raise DataError(f"{path}: expected shape {spec.shape}, got {arr.shape}")
@@ -352,7 +386,13 @@ def load_idx_folder(folder: str) -> ImageSplits:
     """Your own MNIST-style data: a folder with train-images-idx3-ubyte and
     t10k-images-idx3-ubyte (each optionally .gz) holding uint8 images (N, H, W).
 
-    No checksums (the files are yours); the format and dtype are checked.
+    No checksums (the files are yours); the format and dtype are checked, and
+    there must be at least 2 training images (some to train on, some to hold
+    out) and 1 test image.  Images that are already binary -- every pixel of
+    both files 0 or 1, or every pixel 0 or 255 -- come back as 0/1 with
+    ``binary=True`` (so that they are used as they are, not thresholded at a
+    grey level); otherwise as grey levels 0..255.  A folder with 0/1 images in
+    one file and grey levels in the other is refused.
     """
     def find(stem):
         for name in (stem + ".gz", stem):
@@ -361,16 +401,43 @@ def load_idx_folder(folder: str) -> ImageSplits:
                 return path
         raise DataError(f"{folder}: no {stem} or {stem}.gz in this folder")
 
-    arrays = []
-    for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+    arrays, paths = [], []
+    for stem, least in (("train-images-idx3-ubyte", 2), ("t10k-images-idx3-ubyte", 1)):
         path = find(stem)
         arr = read_idx(path)
-        if arr.dtype != np.uint8 or arr.ndim != 3:
-            raise DataError(f"{path}: expected uint8 images (N, H, W), got {arr.dtype} {arr.shape}")
+        if arr.dtype != np.uint8 or arr.ndim != 3 or 0 in arr.shape[1:]:
+            raise DataError(f"{path}: expected uint8 images (N, H, W) with H, W >= 1, got {arr.dtype} {arr.shape}")
+        if len(arr) < least:
+            what = "to train on and to hold out for validation" if least > 1 else "to test on"
+            raise DataError(
+                f"{path}: holds {len(arr)} image(s); at least {least} {'is' if least == 1 else 'are'} needed ({what})"
+            )
         arrays.append(arr)
+        paths.append(path)
     if arrays[0].shape[1:] != arrays[1].shape[1:]:
         raise DataError(f"{folder}: train images are {arrays[0].shape[1:]} but test images {arrays[1].shape[1:]}")
+    levels = [pixel_levels(a) for a in arrays]
+    if "grey" not in levels:
+        # 0/255 images become 0/1 (where the pixel is 255); 0/1 images stay as they are
+        train, test = ((a == 255).astype(np.uint8) if lv == "0/255" else a for a, lv in zip(arrays, levels))
+        return ImageSplits(os.path.abspath(folder), train, test, binary=True)
+    if "0/1" in levels:  # beside grey levels: thresholding would make these all zeros
+        i = levels.index("0/1")
+        raise DataError(f"{paths[i]}: every pixel is 0 or 1 (binary images) but {paths[1 - i]} has grey levels "
+                        "0..255; give both files in one encoding")
     return ImageSplits(os.path.abspath(folder), arrays[0], arrays[1])
+
+
+def pixel_levels(images: np.ndarray) -> str:
+    """How uint8 images are encoded: '0/1' (every pixel 0 or 1: already binary), '0/255'
+    (every pixel 0 or 255: binary, stored as black and white grey levels) or 'grey'."""
+    used = set(np.flatnonzero(np.bincount(np.asarray(images, np.uint8).ravel(), minlength=256)).tolist())
+    if used <= {0, 1}:
+        return "0/1"
+    if used <= {0, 255}:
+        return "0/255"
+    return "grey"
+
 
 # ---------------------------------------------------------------------------
 # Binarization and splits
@@ -400,11 +467,26 @@ def binarize_threshold(images: np.ndarray, threshold: float = 0.5) -> np.ndarray
     Returns:
         (N, 1, H, W) float32 of 0.0 / 1.0.
     """
+    threshold = check_threshold(threshold)
     grey = _as_nchw_uint8(images)
     # A 256-entry lookup table computes grey/255 > threshold in float64 for
     # each grey level once, instead of a float64 copy of the whole dataset.
     table = (np.arange(256) / 255.0 > threshold).astype(np.float32)
     return table[grey]
+
+
+def check_threshold(threshold) -> float:
+    """A binarization threshold as a float: a number in [0, 1] (a fraction of grey 255),
+    else ValueError naming ``threshold`` (NaN, bools and strings are refused too)."""
+    if (
+        isinstance(threshold, (bool, np.bool_))
+        or not isinstance(threshold, (int, float, np.integer, np.floating))
+        or not 0.0 <= threshold <= 1.0  # (False for NaN)
+    ):
+        raise ValueError(
+            f"threshold must be a number in [0, 1] (a fraction of grey level 255; 0.5 is the usual), got {threshold!r}"
+        )
+    return float(threshold)
 
 
 def binarize_dynamic(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -448,6 +530,17 @@ def split_validation(n: int, fraction: float = 0.1) -> tuple[slice, slice]:
     return slice(0, n - n_valid), slice(n - n_valid, n)
 
 
+def min_examples_for_split(fraction: float = 0.1) -> int:
+    """The fewest examples that ``split_validation(n, fraction)`` splits into two non-empty
+    parts (6 for 10%: round(0.5) is 0)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    n = max(2, math.floor(0.5 / min(fraction, 1.0 - fraction)))  # below this, one part rounds to 0
+    while not 0 < round(n * fraction) < n:
+        n += 1
+    return n
+
+
 class BinaryImageData:
     """Binary images for training likelihood models: train batches, valid and test sets.
 
@@ -482,8 +575,10 @@ class BinaryImageData:
     ):
         self.dataset = images.dataset
         self.binarization = binarization
-        self.threshold = threshold
+        self.threshold = check_threshold(threshold)
         self.eval_seed = eval_seed
+        if len(images.test) < 1:
+            raise DataError(f"{images.dataset}: 0 test images; at least 1 is needed")
         if images.binary:
             if binarization != "fixed":
                 raise ValueError(f"{images.dataset} is already binary; use binarization='fixed'")
@@ -494,7 +589,17 @@ class BinaryImageData:
             train, valid = images.train, images.valid
             train_labels, valid_labels = images.train_labels, None
         else:
-            tr, va = split_validation(len(images.train), valid_fraction)
+            n = len(images.train)
+            if not 0.0 < valid_fraction < 1.0:  # (False for NaN)
+                raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
+            try:
+                tr, va = split_validation(n, valid_fraction)
+            except ValueError:
+                need = min_examples_for_split(valid_fraction)
+                raise DataError(
+                    f"{images.dataset}: {n} training image(s) are too few to hold out "
+                    f"{valid_fraction:.0%} for validation and train on the rest: at least {need} are needed"
+                ) from None
             train, valid = images.train[tr], images.train[va]
             labels = images.train_labels
             train_labels = None if labels is None else labels[tr]
@@ -539,7 +644,9 @@ class BinaryImageData:
             return f"{self.dataset}, threshold {self.threshold:g}"
         if self.binarization == "dynamic":
             return f"{self.dataset}, dynamic (test binarized once, seed {self.eval_seed})"
-        return f"{self.dataset}, fixed binarization (Larochelle & Murray)"
+        if self.dataset == "binarized-mnist":
+            return f"{self.dataset}, fixed binarization (Larochelle & Murray)"
+        return f"{self.dataset}, binary as given (fixed)"
 
     def train_batches(
         self, batch_size: int, rng: np.random.Generator, *, drop_last: bool = True, with_labels: bool = False

@@ -12,7 +12,8 @@ from ..tensor import Tensor, record_op
 
 def split_heads(qkv, n: int, n_heads: int):
     """The fused projection qkv: (N T, 3D) array -> q, k, v: (N, h, T, d) views (no copy)."""
-    t, d = qkv.shape[0] // n, qkv.shape[1] // (3 * n_heads)
+    # T = (N T) / N; an empty batch (N = 0) has no rows whatever T, and T = 1 keeps every axis non-empty
+    t, d = qkv.shape[0] // n if n else 1, qkv.shape[1] // (3 * n_heads)
     a = qkv.reshape(n, t, 3, n_heads, d).transpose(2, 0, 3, 1, 4)
     return a[0], a[1], a[2]
 

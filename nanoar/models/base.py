@@ -19,7 +19,10 @@ causal convolutions guarantee conditional i sees only the variables before it), 
 
 `ordering` is explicit: a flat array of variable indices (into the raveled event) in the
 order they are generated. Data that the model cannot score (a 0.5 in binary data, a class
-id out of range, the wrong shape) is refused by `check_data` with a clear error.
+id out of range, the wrong shape) is refused by `check_data` with a clear error; an empty
+batch (N = 0) is scored (an empty result). `sample` checks every argument before it does
+any work (`check_sampling_options` is the same check without a model) and returns an
+empty array for n = 0 without running a sampler.
 
 `SequenceModel` adds what the models of id sequences share (WaveNet, the char LSTM and
 transformer): any length T, a start token, prompts, temperature and top-k.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..distributions import sample_categorical
+from ..distributions import check_temperature, check_top_k, sample_categorical
 from ..nn import Module
 from ..tensor import Tensor, no_grad
 
@@ -141,12 +144,13 @@ class AutoregressiveModel(Module):
     def log_prob(self, x) -> Tensor:
         """Exact log-likelihood in nats, the sum of the log-conditionals: (N, ...) -> Tensor (N,)."""
         lp = self.log_prob_per_variable(x)
-        return lp.reshape(lp.shape[0], -1).sum(axis=1)
+        return lp.reshape(lp.shape[0], int(np.prod(lp.shape[1:]))).sum(axis=1)
 
     def training_loss(self, x, state=None):
         """The loss of one training step on a batch and the state to carry to the next one
-        (None for models that carry nothing): the mean negative log-likelihood in nats."""
-        return -self.log_prob(x).mean(), state
+        (None for models that carry nothing): the mean negative log-likelihood in nats
+        (0 for an empty batch, see `batch_mean`)."""
+        return -batch_mean(self.log_prob(x)), state
 
     def training_state(self) -> dict:
         """JSON state a resumed run needs beyond the arrays (none by default)."""
@@ -159,15 +163,33 @@ class AutoregressiveModel(Module):
     def sample(self, n: int, seed=None, method: str = "fast", **options):
         """Exact ancestral samples: an array (n, *event_shape) on the current device.
 
-        seed: an int, or None for the backend's generator. method: 'fast' (default) or
-        'naive' (the lecture's loop); under one seed both return the same samples.
+        n: a non-negative integer (0 gives an empty array at once). seed: None for the
+        backend's generator, a non-negative int, or a generator (`backend.check_seed`).
+        method: 'fast' (default) or 'naive' (the lecture's loop); under one seed both return
+        the same samples. Every argument is checked before any work (ValueError naming it).
         """
-        n = check_count(n)
-        if method not in SAMPLING_METHODS:
-            raise ValueError(f"{type(self).__name__}.sample: method must be 'fast' or 'naive', got {method!r}")
+        where = f"{type(self).__name__}.sample: "
+        n = check_count(n, where)
+        method = check_method(method, where)
+        seed = backend.check_seed(seed, where)
+        options = self.check_sample_options(n, **options)
+        if n == 0:
+            return self.empty_sample(**options)
         rng = backend.make_rng(seed)
         with no_grad():
             return self._sample(n, rng, method, **options)
+
+    def check_sample_options(self, n: int, **options) -> dict:
+        """The model's own sampling options for n samples, checked and normalised (images
+        take none)."""
+        if options:
+            raise ValueError(f"{type(self).__name__}.sample: unknown option(s) {', '.join(sorted(options))}; "
+                             "this model takes only n, seed and method")
+        return {}
+
+    def empty_sample(self):
+        """What `sample(0)` returns: an empty array (0, *event_shape) of the samples' dtype."""
+        return backend.xp().zeros((0, *self.event_shape), self.dtype)
 
     def _sample(self, n: int, rng, method: str):
         noise = self.sample_noise(rng, n)
@@ -230,15 +252,46 @@ class SequenceModel(AutoregressiveModel):
 
     def training_loss(self, x, state=None):
         """The mean negative log-likelihood per id, in nats (the loss is then independent of
-        the window length), and the state carried to the next batch (None here)."""
-        return -self.log_prob_per_variable(x).mean(), state
+        the window length; 0 for an empty batch), and the state carried to the next batch
+        (None here)."""
+        return -batch_mean(self.log_prob_per_variable(x)), state
 
-    def _sample(self, n, rng, method, length=None, temperature: float = 1.0, top_k: int = 0, prompt=None):
+    def check_sample_options(self, n: int, length=None, temperature=1.0, top_k=0, prompt=None, **unknown) -> dict:
         """Sampling options: length (default `seq_len`); prompt, ids (P,) or (n, P) that the
-        samples start with; temperature / top_k reshape each conditional (1.0 / 0: exact
-        samples of the model)."""
-        length = self.seq_len if length is None else length
-        out, p = self._start(n, length, prompt)
+        samples start with, P <= length; temperature / top_k reshape each conditional
+        (1.0 / 0: exact samples of the model). Returns them normalised
+        (`check_sampling_options`), the prompt as checked ids (n, P) on the device or None."""
+        name = type(self).__name__
+        if unknown:
+            raise ValueError(f"{name}.sample: unknown option(s) {', '.join(sorted(unknown))}; "
+                             "this model takes n, seed, method, length, temperature, top_k and prompt")
+        checked = check_sampling_options(temperature=temperature, top_k=top_k,
+                                         length=self.seq_len if length is None else length,
+                                         where=f"{name}.sample: ")
+        length = checked["length"]
+        if prompt is not None:
+            a = prompt.data if isinstance(prompt, Tensor) else prompt
+            a = backend.to_device(np.asarray(a)) if not hasattr(a, "ndim") else a
+            backend.check_same_device(a, f"{name}.sample: prompt: ")
+            if a.ndim == 1:
+                a = backend.array_module(a).broadcast_to(a[None, :], (n, a.shape[0]))
+            if a.ndim != 2 or a.shape[0] != n:
+                raise ValueError(f"{name}.sample: prompt must have shape (P,) or ({n}, P), got {tuple(a.shape)}")
+            if a.shape[1] > length:
+                raise ValueError(f"{name}.sample: prompt of {a.shape[1]} steps is longer than length={length}")
+            prompt = self.check_data(a) if a.shape[1] else None
+        return dict(length=length, temperature=checked["temperature"], top_k=checked["top_k"], prompt=prompt)
+
+    def empty_sample(self, length, temperature, top_k, prompt):
+        """sample(0): ids (0, length)."""
+        return backend.xp().zeros((0, length), backend.xp().int64)
+
+    def _sample(self, n, rng, method, length, temperature, top_k, prompt):
+        """Samples (n, length) from checked options (`check_sample_options`)."""
+        out = backend.xp().zeros((n, length), backend.xp().int64)   # (n, length), the prompt first
+        p = 0 if prompt is None else prompt.shape[1]
+        if p:
+            out[:, :p] = prompt
         if method == "naive":
             for t in range(p, length):
                 logits = self.next_logits(out[:, :t])      # a full pass over the prefix
@@ -257,29 +310,57 @@ class SequenceModel(AutoregressiveModel):
         would, drawing from the same generator in the same order, with cached state."""
         raise NotImplementedError
 
-    def _start(self, n: int, length, prompt):
-        """The output buffer (n, length) int64 with the prompt copied in, and the prompt length."""
-        name = type(self).__name__
-        if not isinstance(length, (int, np.integer)) or length < 1:
-            raise ValueError(f"{name}.sample: length must be a positive integer, got {length!r}")
-        xp = backend.xp()
-        out = xp.zeros((n, int(length)), xp.int64)
-        if prompt is None:
-            return out, 0
-        a = prompt.data if isinstance(prompt, Tensor) else prompt
-        a = backend.to_device(np.asarray(a)) if not hasattr(a, "ndim") else a
-        if a.ndim == 1:
-            a = xp.broadcast_to(a[None, :], (n, a.shape[0]))
-        if a.ndim != 2 or a.shape[0] != n:
-            raise ValueError(f"{name}.sample: prompt must have shape (P,) or ({n}, P), got {tuple(a.shape)}")
-        if a.shape[1] > length:
-            raise ValueError(f"{name}.sample: prompt of {a.shape[1]} steps is longer than length={length}")
-        if a.shape[1]:
-            out[:, :a.shape[1]] = self.check_data(a)
-        return out, a.shape[1]
+
+def batch_mean(t: Tensor) -> Tensor:
+    """The mean of all of t's elements as a Tensor, 0 (with zero gradients) when t is empty:
+    the loss of an empty batch, which has nothing to learn from."""
+    return t.sum() * (1.0 / max(t.size, 1))
 
 
-def check_count(n) -> int:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"number of samples must be a positive integer, got {n!r}")
+# ---------------------------------------------------------------------- argument checks
+def _is_integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_count(n, where: str = "") -> int:
+    """The number of samples n as an int: a non-negative integer (numpy integers too; not a
+    bool, a float or a string), else ValueError naming `n`."""
+    if not _is_integer(n) or n < 0:
+        raise ValueError(f"{where}n, the number of samples, must be a non-negative integer, got {n!r}")
     return int(n)
+
+
+def check_length(length, where: str = "") -> int:
+    """A sequence length as an int: a positive integer, else ValueError naming `length`."""
+    if not _is_integer(length) or length < 1:
+        raise ValueError(f"{where}length must be a positive integer (the number of ids per sample), got {length!r}")
+    return int(length)
+
+
+def check_method(method, where: str = "") -> str:
+    """'fast' or 'naive', else ValueError naming `method`."""
+    if not isinstance(method, str) or method not in SAMPLING_METHODS:
+        raise ValueError(f"{where}method must be 'fast' or 'naive', got {method!r}")
+    return method
+
+
+def check_sampling_options(*, n=None, temperature=1.0, top_k=0, length=None, seed=None, method="fast",
+                           where: str = "") -> dict:
+    """Check sampling options up front, without a model (for a program that takes them from
+    its user and must refuse a bad one before any work); `sample` applies the same checks.
+
+    n: None (not checked) or a non-negative integer; temperature: a finite number > 0;
+    top_k: a non-negative integer (0: all classes); length: None (the model's default) or a
+    positive integer; seed: None, a non-negative integer or a generator; method: 'fast' or
+    'naive'. Returns {'n', 'temperature', 'top_k', 'length', 'seed', 'method'} normalised
+    (Python ints and floats); raises ValueError naming the first bad argument and what it
+    must be. `where` prefixes the messages.
+    """
+    return dict(
+        n=None if n is None else check_count(n, where),
+        temperature=check_temperature(temperature, where),
+        top_k=check_top_k(top_k, where),
+        length=None if length is None else check_length(length, where),
+        seed=backend.check_seed(seed, where),
+        method=check_method(method, where),
+    )

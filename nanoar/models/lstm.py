@@ -32,7 +32,7 @@ from ..distributions import Categorical, sample_categorical
 from ..kernels.lstm import lstm_cell, lstm_steps
 from ..nn import Embedding, Linear, LSTMCell
 from ..tensor import Tensor, concatenate, no_grad, stack
-from .base import SequenceModel
+from .base import SequenceModel, batch_mean
 
 
 class LSTMState(NamedTuple):
@@ -136,7 +136,7 @@ class CharLSTM(SequenceModel):
         """The mean NLL per id of a chunk that continues `state` (None: a fresh start), and
         the state to pass with the next chunk (consecutive chunks: truncated BPTT)."""
         lp, state = self.log_prob_chunk(x, state)
-        return -lp.mean(), state
+        return -batch_mean(lp), state
 
     def input_features(self, ids) -> Tensor:
         """The embeddings of the ids, as constant float features: (N, T) -> (N, T, E)."""

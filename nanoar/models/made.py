@@ -55,7 +55,7 @@ from ..distributions import Bernoulli, Gaussian
 from ..kernels.made import sample_by_degree
 from ..nn import MaskedLinear
 from ..tensor import gelu, logsumexp, relu, sigmoid, stack, tanh
-from .base import AutoregressiveModel
+from .base import AutoregressiveModel, batch_mean
 
 _ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "gelu": gelu}
 
@@ -240,7 +240,7 @@ class MADE(AutoregressiveModel):
         """One step of order- and connectivity-agnostic training: the next mask set, and the
         mean of -log p_k(x) under it (for K = 1, the mean negative log-likelihood)."""
         self.next_mask()
-        return -self.log_prob_mask(x).mean(), state
+        return -batch_mean(self.log_prob_mask(x)), state
 
     # ---------------------------------------------------------------- sampling
     def _sample(self, n: int, rng, method: str):

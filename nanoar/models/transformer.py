@@ -147,7 +147,8 @@ class CharTransformer(SequenceModel):
             return cached_attention(qkv, n, self.n_heads, cache, pos)   # sampling, against the KV cache
         if self.fused:
             return causal_self_attention(qkv, n, self.n_heads)         # the same as one node
-        t, h, d = qkv.shape[0] // n, self.n_heads, self.dim // self.n_heads
+        t = qkv.shape[0] // n if n else 1  # (an empty batch has no rows whatever T; 1 keeps the axes non-empty)
+        h, d = self.n_heads, self.dim // self.n_heads
         xp = backend.array_module(qkv.data)
         q, k, v = split(qkv, 3, axis=1)                                     # (N T, D) each
         q, k, v = (z.reshape(n, t, h, d).transpose(0, 2, 1, 3) for z in (q, k, v))  # (N, h, T, d) each
