@@ -25,41 +25,64 @@ import numpy as np
 from nanoar import backend, datasets, no_grad, training
 from nanoar.models import build_model
 from nanoar.optim import Adam
+from nanoar.training import UsageError, UserError, int_list, nonnegative_int, positive_float, positive_int
 
 IMAGE_MODELS = ("fvsbn", "nade", "made", "pixelcnn", "gated-pixelcnn")
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist")
+# what a checkpoint fixes (these flags cannot change a resumed run), and the settings a
+# resumed run keeps unless they are given again
+RUN_FLAGS = ("model", "hidden", "hidden_sizes", "num_masks", "ordering", "channels", "layers", "dataset",
+             "binarization", "threshold", "batch_size", "max_steps_per_epoch")
+SETTINGS = ("batch_size", "max_steps_per_epoch", "epochs", "lr", "clip")
+
+
+def threshold(text):
+    """An argparse type: a binarization threshold in [0, 1)."""
+    value = training.nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (a fraction of the grey scale), got {text}")
+    return value
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = training.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=IMAGE_MODELS, default="made")
-    p.add_argument("--hidden", type=int, default=500, help="NADE hidden units")
-    p.add_argument("--hidden-sizes", default="500,500", help="MADE hidden layer sizes, comma separated")
-    p.add_argument("--num-masks", type=int, default=1, help="MADE: number of masks (connectivity-agnostic training)")
+    p.add_argument("--hidden", type=positive_int, default=500, help="NADE hidden units")
+    p.add_argument("--hidden-sizes", type=int_list, default=[500, 500], metavar="H1,H2,...",
+                   help="MADE hidden layer sizes, comma separated (default 500,500; empty: none)")
+    p.add_argument("--num-masks", type=positive_int, default=1, help="MADE: number of masks (connectivity-agnostic training)")
     p.add_argument("--ordering", choices=("natural", "random"), default="natural", help="MADE input ordering")
-    p.add_argument("--channels", type=int, default=64, help="PixelCNN channels")
-    p.add_argument("--layers", type=int, default=5, help="PixelCNN residual blocks / gated layers")
-    p.add_argument("--dataset", default="mnist", help="mnist | fashion-mnist | binarized-mnist | a folder of IDX files")
+    p.add_argument("--channels", type=positive_int, default=64, help="PixelCNN channels")
+    p.add_argument("--layers", type=positive_int, default=5, help="PixelCNN residual blocks / gated layers")
+    p.add_argument("--dataset", default="mnist",
+                   help="mnist | fashion-mnist | binarized-mnist | a folder of IDX files (with --eval or --sample: "
+                        "other data for the checkpoint's model)")
     p.add_argument("--binarization", choices=("threshold", "dynamic", "fixed"), default=None,
-                   help="default: threshold for grey images, fixed for binarized-mnist")
-    p.add_argument("--threshold", type=float, default=0.5)
+                   help="default: fixed for data that are already binary, else threshold")
+    p.add_argument("--threshold", type=threshold, default=0.5, help="grey level in [0, 1) above which a pixel is 1")
     p.add_argument("--data-dir", default=None, help="download cache (default ~/.cache/nanoar or $NANOAR_DATA)")
-    p.add_argument("--epochs", type=int, default=None, help="default 10 (a resumed run: its own)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--clip", type=float, default=1000.0, help="max gradient L2 norm")
-    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cut epochs short (quick runs, tests)")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--clip", type=positive_float, default=1000.0, help="max gradient L2 norm")
+    p.add_argument("--max-steps-per-epoch", type=nonnegative_int, default=0,
+                   help="cut epochs short (quick runs, tests; 0: whole epochs)")
     training.add_run_arguments(p, "runs/<model>")
     p.add_argument("--eval", metavar="CHECKPOINT", help="print the test NLL of a checkpoint and exit")
     p.add_argument("--sample", metavar="CHECKPOINT", help="write a sample grid of a checkpoint and exit")
-    p.add_argument("--n-samples", type=int, default=64)
-    p.add_argument("--eval-batch-size", type=int, default=None,
+    p.add_argument("--n-samples", type=positive_int, default=64)
+    p.add_argument("--eval-batch-size", type=positive_int, default=None,
                    help="images per evaluation batch (default: the model's; memory grows with it)")
     args = p.parse_args(argv)
     if args.dataset not in DATASETS and not os.path.isdir(args.dataset):
-        p.error(f"--dataset {args.dataset!r} is neither one of {', '.join(DATASETS)} nor a folder of IDX files")
-    if args.out is None:
-        args.out = os.path.join("runs", args.model)
+        p.error(f"argument --dataset: {args.dataset!r} is neither one of {', '.join(DATASETS)} nor a folder of IDX files")
+    if (args.eval or args.sample) and args.resume is not None:
+        p.error("argument --resume: not with --eval or --sample (they read a checkpoint and train nothing)")
+    if args.resume is not None:
+        fixed = sorted(f"--{k.replace('_', '-')}" for k in args.given & set(RUN_FLAGS))
+        if fixed:
+            p.error(f"argument {fixed[0]}: a resumed run keeps its checkpoint's model, data and optimiser settings; "
+                    "drop it, or start a new run (--out elsewhere, or --force)")
     return args
 
 
@@ -67,9 +90,16 @@ def load_data(spec, data_dir):
     """The images described by spec {dataset, binarization, threshold} (from the arguments,
     or from a checkpoint), binarized; and the spec with its default binarization filled in."""
     name = spec["dataset"]
+    if name not in DATASETS and not os.path.isdir(name):
+        raise UserError(f"the data folder {name} is not there; give the data with --dataset FOLDER")
     images = datasets.load_idx_folder(name) if os.path.isdir(name) else datasets.load_images(name, data_dir, labels=False)
-    spec = {**spec, "binarization": spec["binarization"] or ("fixed" if images.binary else "threshold")}
-    return datasets.BinaryImageData(images, spec["binarization"], threshold=spec["threshold"]), spec
+    binarization = spec["binarization"] or ("fixed" if images.binary else "threshold")
+    if images.binary != (binarization == "fixed"):
+        raise UsageError(f"argument --binarization: {name} holds binary images, which take 'fixed' (the default)"
+                         if images.binary else f"argument --binarization: 'fixed' is for data that are already binary, "
+                         f"and {name} holds grey images: use threshold or dynamic")
+    spec = {**spec, "binarization": binarization}
+    return datasets.BinaryImageData(images, binarization, threshold=spec["threshold"]), spec
 
 
 def new_model(args, shape):
@@ -78,12 +108,19 @@ def new_model(args, shape):
     config = {
         "fvsbn": {"d": h * w},
         "nade": {"d": h * w, "hidden": args.hidden},
-        "made": {"d": h * w, "hidden_sizes": [int(s) for s in args.hidden_sizes.split(",") if s],
-                 "num_masks": args.num_masks, "ordering": args.ordering, "seed": args.seed},
+        "made": {"d": h * w, "hidden_sizes": args.hidden_sizes, "num_masks": args.num_masks,
+                 "ordering": args.ordering, "seed": args.seed},
         "pixelcnn": {"height": h, "width": w, "channels": args.channels, "n_residual": args.layers},
         "gated-pixelcnn": {"height": h, "width": w, "channels": args.channels, "n_layers": args.layers},
     }[args.model]
     return build_model(args.model, config)
+
+
+def check_fits(model, ds, where) -> None:
+    """The images must have the size the model was built for."""
+    d, (h, w) = int(np.prod(model.event_shape)), ds.test.shape[2:]
+    if d != h * w:
+        raise UserError(f"{where}: the model takes images of {d} pixels, the data are {h}x{w} = {h * w}")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -165,10 +202,13 @@ def write_samples(model, n, seed, out_dir, shape) -> None:
 
 
 def use_checkpoint(args) -> None:
-    """--eval / --sample: the test NLL or a sample grid of a checkpoint, on its own data."""
+    """--eval / --sample: the test NLL or a sample grid of a checkpoint, on its own data (or
+    on --dataset's)."""
     path = args.eval or args.sample
-    model, _, meta = training.load_run(path)
-    ds, _ = load_data(meta["data"], args.data_dir)
+    model, _, meta = training.load_run(path, "train_mnist")
+    spec = meta["data"] if "dataset" not in args.given else {**meta["data"], "dataset": args.dataset, "binarization": None}
+    ds, _ = load_data(spec, args.data_dir)
+    check_fits(model, ds, path)
     if args.eval:
         print(report(f"test NLL of {path}", mean_nll(model, ds.test, args.eval_batch_size), ds))
     if args.sample:
@@ -177,58 +217,74 @@ def use_checkpoint(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    with training.error_boundary():
+    with training.error_boundary(args.debug):
         training.configure(args.device, args.seed)
         if args.eval or args.sample:
             return use_checkpoint(args)
+        resume = None if args.resume is None else (args.resume or os.path.join(args.out or f"runs/{args.model}", "last.npz"))
+        out = args.out or (os.path.dirname(resume) or "." if resume else f"runs/{args.model}")
+        same_folder = resume is not None and os.path.abspath(out) == os.path.abspath(os.path.dirname(resume))
+        with training.RunFolder(out, resuming=same_folder, force=args.force) as run:
+            train(args, run, resume)
 
-        # ---- data, model and optimiser: a new run, or the one being resumed
-        make_opt = lambda params: Adam(params, lr=args.lr)  # noqa: E731
-        last_path, best_path = training.run_paths(args.out)
-        if args.resume is not None:
-            path = args.resume or last_path
-            model, opt, meta = training.load_run(path, make_opt)
-            ds, spec = load_data(meta["data"], args.data_dir)
-            epochs, loop = args.epochs or meta.get("epochs", 10), meta["loop"]
-            print(f"resuming {path}: epoch {loop['epoch'] + 1}, batch {loop['batch']}, step {opt.step_count}")
-        else:
-            ds, spec = load_data({"dataset": args.dataset, "binarization": args.binarization,
-                                  "threshold": args.threshold}, args.data_dir)
-            model = new_model(args, ds.test.shape[1:])
-            opt = make_opt(model.parameters())
-            epochs, loop = args.epochs or 10, {}
-            baselines(ds)
-        print(f"model {type(model).__name__} {model.config()}: {model.num_parameters():,} parameters, "
-              f"device {backend.get_device()}")
 
-        # ---- the loop: shuffled batches, the validation set scored after every epoch
-        steps_per_epoch = ds.n_train // args.batch_size
-        if args.max_steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
-        batches = training.EpochBatches(ds, args.batch_size, steps_per_epoch, model.event_shape, loop or None, args.seed)
+def train(args, run, resume) -> None:
+    # ---- data, model and optimiser: a new run, or the one being resumed
+    make_opt = lambda params: Adam(params, lr=args.lr)  # noqa: E731
+    if resume:
+        model, opt, meta = training.load_run(resume, "train_mnist", make_opt)
+        training.resume_settings(args, meta, SETTINGS)
+        opt.lr = args.lr
+        ds, spec = load_data(meta["data"], args.data_dir)
+        check_fits(model, ds, resume)
+        loop, best_path = meta["loop"], os.path.join(os.path.dirname(resume), "best.npz")
+        print(f"resuming {resume}: epoch {loop['epoch'] + 1}, batch {loop['batch']}, step {opt.step_count}")
+    else:
+        ds, spec = load_data({"dataset": args.dataset, "binarization": args.binarization,
+                              "threshold": args.threshold}, args.data_dir)
+        model = new_model(args, ds.test.shape[1:])
+        opt = make_opt(model.parameters())
+        loop, best_path = {}, None
+    batch_size, epochs = args.batch_size, args.epochs
+    if batch_size > ds.n_train:
+        raise UsageError(f"argument --batch-size: {batch_size} is more than the {ds.n_train} training images")
+    steps_per_epoch = ds.n_train // batch_size
+    if args.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    if opt.step_count >= epochs * steps_per_epoch:
+        raise UsageError(f"argument --epochs: the run in {resume} has trained {opt.step_count // steps_per_epoch} "
+                         "epochs already; give a larger --epochs, or see its result with --eval")
+    run.begin()
+    if resume:
+        run.log.write(event="resume", checkpoint=resume, step=opt.step_count)
+    else:
+        baselines(ds)
+    print(f"model {type(model).__name__} {model.config()}: {model.num_parameters():,} parameters, "
+          f"device {backend.get_device()}")
 
-        def evaluate(train_nll, seconds):
-            valid = mean_nll(model, ds.valid, args.eval_batch_size)
-            epoch = opt.step_count // steps_per_epoch
-            line = f"epoch {epoch}/{epochs}: train {train_nll:.2f} | " + report("valid", valid, ds) + f" | {seconds:.1f} s"
-            return valid, dict(epoch=epoch, step=opt.step_count, train_nll=train_nll, valid_nll=valid,
-                               seconds=seconds, data=ds.describe()), line
+    # ---- the loop: shuffled batches, the validation set scored after every epoch
+    batches = training.EpochBatches(ds, batch_size, steps_per_epoch, model.event_shape, loop or None, args.seed)
 
-        finished = training.train(model, opt, batches, max_steps=epochs * steps_per_epoch, eval_every=steps_per_epoch,
-                                  evaluate=evaluate, out=args.out, clip=args.clip,
-                                  meta={"data": spec, "epochs": epochs}, best_valid=loop.get("best_valid"),
-                                  quiet=args.quiet)
-        if not finished:
-            return
+    def evaluate(train_nll, seconds):
+        valid = mean_nll(model, ds.valid, args.eval_batch_size)
+        epoch = opt.step_count // steps_per_epoch
+        line = f"epoch {epoch}/{epochs}: train {train_nll:.2f} | " + report("valid", valid, ds) + f" | {seconds:.1f} s"
+        return valid, dict(epoch=epoch, step=opt.step_count, train_nll=train_nll, valid_nll=valid,
+                           seconds=seconds, data=ds.describe()), line
 
-        # ---- report: the best validation checkpoint on the test set, and its samples
-        model, _, _ = training.load_run(best_path)
-        test = mean_nll(model, ds.test, args.eval_batch_size)
-        print(report("test NLL (best validation checkpoint)", test, ds))
-        d = int(np.prod(ds.test.shape[1:]))
-        training.JsonLog(os.path.join(args.out, "log.jsonl")).write(
-            event="test", test_nll=test, bits_per_dim=test / (d * math.log(2)), data=ds.describe(), checkpoint=best_path)
-        write_samples(model, args.n_samples, args.seed, args.out, ds.test.shape[1:])
+    meta = {"script": "train_mnist", "data": spec, "settings": {k: getattr(args, k) for k in SETTINGS}}
+    best_path = training.train(model, opt, batches, run, max_steps=epochs * steps_per_epoch,
+                               eval_every=steps_per_epoch, evaluate=evaluate, clip=args.clip, meta=meta,
+                               best_valid=loop.get("best_valid"), best_path=best_path, quiet=args.quiet)
+
+    # ---- report: the best validation checkpoint on the test set, and its samples
+    model, _, _ = training.load_run(best_path, "train_mnist")
+    test = mean_nll(model, ds.test, args.eval_batch_size)
+    print(report(f"test NLL of {best_path} (best validation)", test, ds))
+    d = int(np.prod(ds.test.shape[1:]))
+    run.log.write(event="test", test_nll=test, bits_per_dim=test / (d * math.log(2)), data=ds.describe(),
+                  checkpoint=best_path)
+    write_samples(model, args.n_samples, args.seed, run.path, ds.test.shape[1:])
 
 
 if __name__ == "__main__":

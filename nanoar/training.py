@@ -19,6 +19,7 @@ continues exactly.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -37,29 +38,133 @@ from .optim import clip_grad_norm
 
 
 # ----------------------------------------------------------------------------- scripts
+class UserError(Exception):
+    """A problem the user can fix (bad data, a bad checkpoint, an unusable folder): the
+    scripts print its message as one line and exit with status 1."""
+
+    exit_status = 1
+
+
+class UsageError(UserError):
+    """An argument that cannot be used (found after parsing, e.g. once the data are known):
+    exit status 2, as for argparse's own errors."""
+
+    exit_status = 2
+
+
+class Stopped(Exception):
+    """Training stopped by a signal after saving; exit with 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`error: argument --epochs: ... (see --help)`, exit 2),
+    and `args.given`: the destinations of the flags given on the command line."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        unset = object()  # argparse fills in a default only where the namespace has no value
+        probe = super().parse_args(args, argparse.Namespace(**{a.dest: unset for a in self._actions}))
+        parsed.given = {k for k, v in vars(probe).items() if v is not unset}
+        return parsed
+
+
+def _number(kind, low=None, high=None, low_open=False, what=""):
+    """An argparse type: a finite int or float in a stated range."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what or 'a number'} expected, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) \
+                or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, what="an integer >= 1")
+nonnegative_int = _number(int, 0, what="an integer >= 0")
+positive_float = _number(float, 0.0, low_open=True, what="a finite number > 0")
+nonnegative_float = _number(float, 0.0, what="a finite number >= 0")
+
+
+def int_list(text):
+    """An argparse type: comma-separated integers >= 1 (may be empty)."""
+    parts = [s.strip() for s in text.split(",") if s.strip()]
+    try:
+        values = [int(s) for s in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers expected, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every size must be >= 1, got {text!r}")
+    return values
+
+
 def add_run_arguments(parser, default_out: str) -> None:
     """The flags both scripts share."""
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="default: $NANOAR_DEVICE, else cpu")
-    parser.add_argument("--out", default=None, help=f"run folder (default {default_out})")
+    parser.add_argument("--out", default=None,
+                        help=f"run folder (default {default_out}; when resuming, the checkpoint's folder)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                         help="continue a run (default: <out>/last.npz)")
+    parser.add_argument("--force", action="store_true",
+                        help="start a new run in a folder that holds one, replacing its checkpoints and log")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad data, a bad checkpoint, an unusable device): the
-    scripts print its message as one line and exit."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (or set NANOAR_DEBUG=1)")
 
 
 @contextlib.contextmanager
-def error_boundary():
-    """Turn every expected failure into `error: <message>` on stderr and exit status 1."""
+def error_boundary(debug: bool = False):
+    """Every failure becomes one line, `error: <message>`, on stderr, and an exit status: 2
+    for a bad argument, 1 for the rest, 128 + N after a signal N stopped a run (130 for
+    Ctrl-C, 143 for SIGTERM). With `debug` (--debug or NANOAR_DEBUG=1) errors propagate
+    with their traceback."""
+    debug = debug or os.environ.get("NANOAR_DEBUG", "") not in ("", "0")
     try:
         yield
-    except (UserError, DataError, CheckpointError, backend.DeviceError, NonFiniteLoss) as e:
-        sys.exit(f"error: {e}")
+    except Stopped as e:
+        raise SystemExit(128 + e.signum) from None
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted (checkpoints already saved are kept)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as e:
+        if debug:
+            raise
+        print(f"error: {_describe(e)}", file=sys.stderr, flush=True)
+        raise SystemExit(getattr(e, "exit_status", 1)) from None
+
+
+def _describe(e: Exception) -> str:
+    """One line for an exception: its message for the errors a user can meet, and the type
+    too for anything else (a bug: the traceback is one --debug away)."""
+    if isinstance(e, (UserError, DataError, CheckpointError, backend.DeviceError, NonFiniteLoss)):
+        return " ".join(str(e).split())
+    if isinstance(e, OSError) and e.strerror:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{e.strerror}{where}"
+    return f"unexpected {type(e).__name__}: {' '.join(str(e).split())} (a bug in nanoar? --debug shows the traceback)"
+
+
+def resume_settings(args, meta: dict, names) -> None:
+    """A resumed run keeps the settings its checkpoint recorded (`meta["settings"]`): each
+    of `names` not given on the command line takes the recorded value, so that leaving a
+    flag out never silently means its default."""
+    for name, value in meta.get("settings", {}).items():
+        if name in names and name not in args.given:
+            setattr(args, name, value)
 
 
 def configure(device, seed: int) -> None:
@@ -67,9 +172,68 @@ def configure(device, seed: int) -> None:
     backend.configure(device, seed=seed)
 
 
-def run_paths(out: str) -> tuple:
-    """(last.npz, best.npz) of a run folder."""
-    return os.path.join(out, "last.npz"), os.path.join(out, "best.npz")
+class RunFolder:
+    """The folder of one run (`last.npz`, `best.npz`, `log.jsonl`), held for the run's life:
+
+        with RunFolder(out, resuming=False, force=args.force) as run:
+            ...                 # load data, build the model: the folder is already ours
+            run.begin()         # a forced new run replaces the old one's files here
+            train(..., run, ...)
+
+    - A path that is a file, or a folder that cannot be created or written, is refused.
+    - An exclusive lock (`.lock`, flock) means a second run on the same folder fails at once.
+    - Temporary files of saves that a killed process left behind are removed.
+    - A new run (not resuming) refuses a folder that holds another run's checkpoints or log,
+      unless `force`: then `begin` removes them. A resumed run appends to the log.
+    """
+
+    NAMES = ("last.npz", "best.npz", "log.jsonl")
+
+    def __init__(self, path: str, resuming: bool, force: bool):
+        self.path = path
+        self.last, self.best, self.log_path = (os.path.join(path, n) for n in self.NAMES)
+        self.log = JsonLog(self.log_path)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"argument --out: {path} is a file, not a folder")
+        try:
+            os.makedirs(path, exist_ok=True)
+            self._lock = open(os.path.join(path, ".lock"), "a+")
+        except OSError as e:
+            raise UserError(f"cannot use --out {path}: {e.strerror}; choose a folder you can write to") from None
+        try:
+            import fcntl  # noqa: PLC0415  (POSIX only; elsewhere the folder is not locked)
+
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            pass
+        except OSError:
+            self._lock.close()
+            raise UserError(f"another run is using {path} right now; wait for it to end or choose another --out") from None
+        for name in os.listdir(path):
+            if name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in self.NAMES):
+                os.remove(os.path.join(path, name))
+        held = [n for n in self.NAMES if os.path.exists(os.path.join(path, n))]
+        if held and not resuming and not force:
+            self.close()
+            raise UsageError(f"argument --out: {path} already holds a run ({', '.join(held)}); continue it with "
+                             "--resume, or replace it with --force")
+        self._replace = held if not resuming else []
+
+    def begin(self) -> None:
+        """Training starts: a forced new run's predecessor goes now, not before everything
+        was checked."""
+        for name in self._replace:
+            os.remove(os.path.join(self.path, name))
+        self._replace = []
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -84,22 +248,47 @@ def save_run(path, model, optimizer=None, **meta) -> None:
     save_checkpoint(path, arrays, info)
 
 
-def load_run(path, optimizer_factory=None):
+def checkpoint_script(meta: dict) -> str:
+    """The script that wrote a run checkpoint: 'train_mnist' or 'train_chars'."""
+    return meta.get("script") or ("train_chars" if "vocab" in meta else "train_mnist")
+
+
+def load_run(path, script: str | None = None, optimizer_factory=None):
     """Rebuild the model of a run checkpoint on the current device.
 
     Returns (model, optimizer or None, meta); the optimiser is made by
-    `optimizer_factory(model.parameters())` and given its saved state.
+    `optimizer_factory(model.parameters())` and given its saved state. The metadata are
+    checked before anything is built: a checkpoint of another script (`script`: the one
+    asking) or one whose config or arrays do not make its model raises CheckpointError.
     """
-    arrays, meta = load_checkpoint(path)
-    model = build_model(meta["model"], meta["config"])
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    model.load_training_state(meta.get("model_state") or {})
+    try:
+        arrays, meta = load_checkpoint(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    name, config = meta.get("model"), meta.get("config")
+    if not isinstance(name, str) or not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a nanoar checkpoint, but not one of a training run (no model in its metadata)")
+    owner = checkpoint_script(meta)
+    if script is not None and owner != script:
+        raise CheckpointError(f"{path} is a {owner}.py {name} checkpoint: use it with python {owner}.py")
+    try:
+        model = build_model(name, config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config does not build a {name} model ({e})") from None
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+        model.load_training_state(meta.get("model_state") or {})
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: its arrays do not fit its {name} config ({e})") from None
     optimizer = None
     if optimizer_factory is not None:
         optimizer = optimizer_factory(model.parameters())
         if "optim" in meta:
             state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
-            optimizer.load_state_dict({**meta["optim"], **state})
+            try:
+                optimizer.load_state_dict({**meta["optim"], **state})
+            except (KeyError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{path}: its optimiser state does not fit its model ({e})") from None
     return model, optimizer, meta
 
 
@@ -204,23 +393,23 @@ def _from_lists(template, lists):
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(model, optimizer, batches, *, max_steps: int, eval_every: int, evaluate, out: str, clip: float,
-          meta: dict, best_valid=None, lr_at=None, quiet: bool = False) -> bool:
-    """Train until the optimiser has taken `max_steps` steps; returns False if stopped early
-    (Ctrl-C), True when finished.
+def train(model, optimizer, batches, run: RunFolder, *, max_steps: int, eval_every: int, evaluate, clip: float,
+          meta: dict, best_valid=None, best_path=None, lr_at=None, quiet: bool = False) -> str:
+    """Train until the optimiser has taken `max_steps` steps; returns the path of the best
+    checkpoint (`run.best` once this run saved one, else `best_path`, a resumed run's).
 
     evaluate(train_loss, seconds) -> (validation loss, record to log, line to print): called
     every `eval_every` steps and after the last one, with the mean training loss since the
     previous call; the line gets a " *" when validation improved. `meta` goes into every
     checkpoint (with the loop's state under "loop"); lr_at(step) -> the learning rate of
-    that step, if given.
+    that step, if given. Ctrl-C or SIGTERM: the step finishes, `last.npz` is saved, and
+    `Stopped` is raised (the scripts exit with 130 or 143).
     """
-    os.makedirs(out, exist_ok=True)
-    last_path, best_path = run_paths(out)
-    log = JsonLog(os.path.join(out, "log.jsonl"))
-
     def save(path):
-        save_run(path, model, optimizer, **meta, loop={"best_valid": best_valid, **batches.state()})
+        try:
+            save_run(path, model, optimizer, **meta, loop={"best_valid": best_valid, **batches.state()})
+        except OSError as e:
+            raise UserError(f"could not save {path}: {e.strerror}; the previous copy, if any, is kept") from None
 
     t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
     bar = progress(total=max_steps, desc=type(model).__name__, disable=quiet)
@@ -247,40 +436,45 @@ def train(model, optimizer, batches, *, max_steps: int, eval_every: int, evaluat
                 improved = best_valid is None or valid < best_valid
                 best_valid = valid if improved else best_valid
                 print(line + (" *" if improved else ""), flush=True)
-                log.write(**record)
+                run.log.write(**record)
                 loss_sum, n_loss = 0.0, 0
-                save(last_path)
+                save(run.last)
                 if improved:
-                    save(best_path)
-            if stop.requested:
+                    save(run.best)
+                    best_path = run.best
+            signum = stop.signum
+            if signum is not None:
                 bar.close()
-                save(last_path)
-                print(f"saved {last_path} at step {step}; continue with --resume")
-                return False
+                save(run.last)
+                print(f"saved {run.last} at step {step}; continue with --resume")
+                raise Stopped(signum)
     bar.close()
-    return True
+    return best_path
 
 
 class StopRequested:
-    """Ctrl-C sets a flag instead of killing the process mid-step; the loop then saves and
-    exits cleanly. A second Ctrl-C interrupts at once."""
+    """Ctrl-C (SIGINT) or SIGTERM sets `signum` instead of killing the process mid-step; the
+    loop then saves and stops. A second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
+        self.signum = None
 
     def __enter__(self):
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.signum is not None:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: finishing this step, saving a checkpoint, then stopping "
-              "(press again to abort at once)", file=sys.stderr, flush=True)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+              "(send it again to abort at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 class JsonLog:

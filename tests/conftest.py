@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import os
 import pathlib
+import signal
 import sys
 
 import numpy as np
@@ -127,22 +128,22 @@ def to_xp(a):
 
 
 @pytest.fixture
-def stop_after():
-    """stop_after(n): a StopRequested stand-in that 'presses Ctrl-C' at the n-th time the
-    training loop checks the flag (for testing save-on-interrupt and --resume)."""
+def stop_after(monkeypatch):
+    """stop_after(n): the training loop sees a Ctrl-C at the n-th time it checks for a
+    signal (for testing save-on-interrupt and --resume); undone by monkeypatch.undo()."""
     def make(n):
         class StopAfter(training.StopRequested):
             calls = 0
 
             @property
-            def requested(self):
+            def signum(self):
                 StopAfter.calls += 1
-                return StopAfter.calls == n
+                return signal.SIGINT if StopAfter.calls == n else None
 
-            @requested.setter
-            def requested(self, value):
+            @signum.setter
+            def signum(self, value):
                 pass
-        return StopAfter
+        monkeypatch.setattr(training, "StopRequested", StopAfter)
     return make
 
 
