@@ -22,8 +22,8 @@ import os
 from nanoar import backend, datasets, no_grad, training
 from nanoar.models import build_model, model_class
 from nanoar.optim import AdamW
-from nanoar.training import (UsageError, UserError, int_list, nonnegative_float, nonnegative_int, positive_float,
-                             positive_int)
+from nanoar.training import (UsageError, UserError, int_list, nonnegative_float, nonnegative_int, path,
+                             positive_float, positive_int)
 
 CHAR_MODELS = ("wavenet", "lstm", "transformer")
 # what a checkpoint fixes (these flags cannot change a resumed run), and the settings a
@@ -37,8 +37,8 @@ SETTINGS = ("context", "batch_size", "max_iters", "lr", "min_lr", "warmup", "wei
 def parse_args(argv=None):
     p = training.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=CHAR_MODELS, default="wavenet")
-    p.add_argument("--data", default=None, help="a UTF-8 text file (default: tiny Shakespeare, downloaded once)")
-    p.add_argument("--data-dir", default=None, help="download cache (default ~/.cache/nanoar or $NANOAR_DATA)")
+    p.add_argument("--data", type=path, default=None, help="a UTF-8 text file (default: tiny Shakespeare, downloaded once)")
+    p.add_argument("--data-dir", type=path, default=None, help="download cache (default ~/.cache/nanoar or $NANOAR_DATA)")
     p.add_argument("--context", type=_context, default=64, help="characters per training window (>= 2)")
     p.add_argument("--batch-size", type=positive_int, default=12)
     p.add_argument("--max-iters", type=positive_int, default=2000)
@@ -61,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--stacks", type=positive_int, default=2, help="WaveNet stacks of the dilations")
     training.add_run_arguments(p, "runs/chars-<model>")
     # sampling
-    p.add_argument("--sample", metavar="CHECKPOINT", help="print a sample from a checkpoint and exit")
+    p.add_argument("--sample", type=path, metavar="CHECKPOINT", help="print a sample from a checkpoint and exit")
     p.add_argument("--prompt", default=None,
                    help="text the sample starts with (default: a newline if the text has one, else nothing)")
     p.add_argument("--length", type=positive_int, default=500, help="characters to generate")
@@ -187,8 +187,7 @@ def main(argv=None) -> None:
             vocab = datasets.CharVocab.from_dict(meta["vocab"])
             print(sample_text(model, vocab, encode_prompt(vocab, args.prompt), args))
             return
-        resume = None if args.resume is None else (args.resume or os.path.join(args.out or f"runs/chars-{args.model}",
-                                                                               "last.npz"))
+        resume = training.resume_path(args, f"runs/chars-{args.model}")
         out = args.out or (os.path.dirname(resume) or "." if resume else f"runs/chars-{args.model}")
         same_folder = resume is not None and os.path.abspath(out) == os.path.abspath(os.path.dirname(resume))
         with training.RunFolder(out, resuming=same_folder, force=args.force) as run:

@@ -25,7 +25,7 @@ import numpy as np
 from nanoar import backend, datasets, no_grad, training
 from nanoar.models import build_model
 from nanoar.optim import Adam
-from nanoar.training import UsageError, UserError, int_list, nonnegative_int, positive_float, positive_int
+from nanoar.training import UsageError, UserError, int_list, nonnegative_int, path, positive_float, positive_int
 
 IMAGE_MODELS = ("fvsbn", "nade", "made", "pixelcnn", "gated-pixelcnn")
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist")
@@ -54,13 +54,13 @@ def parse_args(argv=None):
     p.add_argument("--ordering", choices=("natural", "random"), default="natural", help="MADE input ordering")
     p.add_argument("--channels", type=positive_int, default=64, help="PixelCNN channels")
     p.add_argument("--layers", type=positive_int, default=5, help="PixelCNN residual blocks / gated layers")
-    p.add_argument("--dataset", default="mnist",
+    p.add_argument("--dataset", type=path, default="mnist",
                    help="mnist | fashion-mnist | binarized-mnist | a folder of IDX files (with --eval or --sample: "
                         "other data for the checkpoint's model)")
     p.add_argument("--binarization", choices=("threshold", "dynamic", "fixed"), default=None,
                    help="default: fixed for data that are already binary, else threshold")
     p.add_argument("--threshold", type=threshold, default=0.5, help="grey level in [0, 1) above which a pixel is 1")
-    p.add_argument("--data-dir", default=None, help="download cache (default ~/.cache/nanoar or $NANOAR_DATA)")
+    p.add_argument("--data-dir", type=path, default=None, help="download cache (default ~/.cache/nanoar or $NANOAR_DATA)")
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--lr", type=positive_float, default=1e-3)
@@ -68,8 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--max-steps-per-epoch", type=nonnegative_int, default=0,
                    help="cut epochs short (quick runs, tests; 0: whole epochs)")
     training.add_run_arguments(p, "runs/<model>")
-    p.add_argument("--eval", metavar="CHECKPOINT", help="print the test NLL of a checkpoint and exit")
-    p.add_argument("--sample", metavar="CHECKPOINT", help="write a sample grid of a checkpoint and exit")
+    p.add_argument("--eval", type=path, metavar="CHECKPOINT", help="print the test NLL of a checkpoint and exit")
+    p.add_argument("--sample", type=path, metavar="CHECKPOINT", help="write a sample grid of a checkpoint and exit")
     p.add_argument("--n-samples", type=positive_int, default=64)
     p.add_argument("--eval-batch-size", type=positive_int, default=None,
                    help="images per evaluation batch (default: the model's; memory grows with it)")
@@ -221,7 +221,7 @@ def main(argv=None) -> None:
         training.configure(args.device, args.seed)
         if args.eval or args.sample:
             return use_checkpoint(args)
-        resume = None if args.resume is None else (args.resume or os.path.join(args.out or f"runs/{args.model}", "last.npz"))
+        resume = training.resume_path(args, f"runs/{args.model}")
         out = args.out or (os.path.dirname(resume) or "." if resume else f"runs/{args.model}")
         same_folder = resume is not None and os.path.abspath(out) == os.path.abspath(os.path.dirname(resume))
         with training.RunFolder(out, resuming=same_folder, force=args.force) as run:

@@ -89,9 +89,17 @@ def _number(kind, low=None, high=None, low_open=False, what=""):
 
 
 positive_int = _number(int, 1, what="an integer >= 1")
+seed_int = _number(int, 0, 2**32 - 1, what="an integer in [0, 2^32)")
 nonnegative_int = _number(int, 0, what="an integer >= 0")
 positive_float = _number(float, 0.0, low_open=True, what="a finite number > 0")
 nonnegative_float = _number(float, 0.0, what="a finite number >= 0")
+
+
+def path(text):
+    """An argparse type: a non-empty path."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a path expected, got an empty string")
+    return text
 
 
 def int_list(text):
@@ -108,10 +116,10 @@ def int_list(text):
 
 def add_run_arguments(parser, default_out: str) -> None:
     """The flags both scripts share."""
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="default: $NANOAR_DEVICE, else cpu")
-    parser.add_argument("--out", default=None,
+    parser.add_argument("--out", type=path, default=None,
                         help=f"run folder (default {default_out}; when resuming, the checkpoint's folder)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                         help="continue a run (default: <out>/last.npz)")
@@ -152,10 +160,24 @@ def _describe(e: Exception) -> str:
     too for anything else (a bug: the traceback is one --debug away)."""
     if isinstance(e, (UserError, DataError, CheckpointError, backend.DeviceError, NonFiniteLoss)):
         return " ".join(str(e).split())
+    if isinstance(e, MemoryError):
+        return f"out of memory ({' '.join(str(e).split()) or 'MemoryError'}); choose smaller sizes or batches"
     if isinstance(e, OSError) and e.strerror:
         where = f" ({e.filename})" if e.filename else ""
         return f"{e.strerror}{where}"
     return f"unexpected {type(e).__name__}: {' '.join(str(e).split())} (a bug in nanoar? --debug shows the traceback)"
+
+
+def resume_path(args, default_out: str):
+    """The checkpoint `--resume` names (`<out>/last.npz` by default), checked to exist before
+    anything is made; None without --resume."""
+    if args.resume is None:
+        return None
+    resume = args.resume or os.path.join(args.out or default_out, "last.npz")
+    if not os.path.isfile(resume):
+        raise UserError(f"--resume: no checkpoint at {resume}" + ("" if args.resume else " (give its --out, or the "
+                                                                                        "checkpoint's path)"))
+    return resume
 
 
 def resume_settings(args, meta: dict, names) -> None:
@@ -169,7 +191,10 @@ def resume_settings(args, meta: dict, names) -> None:
 
 def configure(device, seed: int) -> None:
     """Apply `--device` (or $NANOAR_DEVICE) and the process settings (`nanoar.configure`)."""
-    backend.configure(device, seed=seed)
+    try:
+        backend.configure(device, seed=seed)
+    except ValueError as e:
+        raise UsageError(f"$NANOAR_DEVICE: {e}") from None
 
 
 class RunFolder:

@@ -59,6 +59,7 @@ def files(tmp_path_factory):
     f["idx"] = idx_folder(d / "idx", 200, 40)
     f["bin"] = idx_folder(d / "bin", 200, 40, binary=True)
     f["one"] = idx_folder(d / "one", 1, 1)
+    f["zero"] = idx_folder(d / "zero", 0, 0)
     f["big"] = idx_folder(d / "big", 200, 40, side=10)
     f["text"] = d / "text.txt"
     f["text"].write_text(TEXT)
@@ -154,6 +155,9 @@ MNIST_CASES = [
     (["--eval-batch-size", 0], 2, ["--eval-batch-size"]),
     (["--seed", -1], 2, ["--seed"]),
     (["--seed", 1.5], 2, ["--seed"]),
+    (["--seed", 2**40], 2, ["--seed", "2^32"]),
+    (["--out", ""], 2, ["--out", "empty"]),
+    (["--dataset", ""], 2, ["--dataset"]),
     (["--model", "bogus"], 2, ["--model"]),
     (["--ordering", "bogus"], 2, ["--ordering"]),
     (["--binarization", "bogus"], 2, ["--binarization"]),
@@ -170,6 +174,7 @@ MNIST_DATA_CASES = [
     (["--dataset", "{bin}", "--binarization", "threshold"], 2, ["--binarization", "binary"]),
     (["--dataset", "{bin}", "--binarization", "dynamic"], 2, ["--binarization", "binary"]),
     (["--dataset", "{one}"], 1, ["one"]),
+    (["--dataset", "{zero}"], 1, ["zero", "0"]),
 ]
 
 CHECKPOINT_CASES = [  # --eval and --sample of things that are not usable train_mnist checkpoints
@@ -258,6 +263,14 @@ def test_resuming_into_another_folder_finds_the_best_checkpoint_beside_the_resum
     assert (second / "last.npz").exists() and "test NLL of" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("main", [train_mnist.main, train_chars.main], ids=["mnist", "chars"])
+def test_resuming_nothing_is_refused_before_making_anything(main, files, tmp_path, capsys):
+    for args in (["--resume", "--out", "{out}"], ["--resume", "{out}/last.npz"]):
+        got, _ = run(main, args, files, tmp_path / "none")
+        check(capsys, got, 1, ["--resume", "no checkpoint"])
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_second_run_on_a_folder_in_use_fails_at_once(files, tmp_path, capsys):
     import fcntl
 
@@ -323,6 +336,12 @@ def test_kill_9_mid_training_then_resume(files, tmp_path):
     assert not (out / ".last.npz.abc123.tmp").exists()
 
 
+def test_a_bad_nanoar_device_is_a_usage_error(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NANOAR_DEVICE", "tpu")
+    got, _ = run(train_mnist.main, ["--dataset", "{idx}", "--out", "{out}", *MNIST_SMALL], files, tmp_path / "run")
+    check(capsys, got, 2, ["NANOAR_DEVICE", "tpu"])
+
+
 def test_debug_shows_the_traceback(files, tmp_path):
     r = subprocess.run([sys.executable, "train_mnist.py", "--eval", str(files["junk"]), "--debug"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
@@ -362,6 +381,7 @@ CHARS_CASES = [
     (["--out", "{file}"], 2, ["--out"]),
     (["--sample", "{chars}", "--resume"], 2, ["--resume"]),
     (["--data", "{dir}/nope.txt"], 1, ["nope.txt"]),
+    (["--data", ""], 2, ["--data"]),
     (["--data", "{empty}"], 1, ["empty.txt", "2 distinct"]),
     (["--data", "{onechar}"], 1, ["onechar.txt"]),
     (["--data", "{same}"], 1, ["same.txt", "2 distinct"]),
