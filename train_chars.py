@@ -187,10 +187,8 @@ def main(argv=None) -> None:
             vocab = datasets.CharVocab.from_dict(meta["vocab"])
             print(sample_text(model, vocab, encode_prompt(vocab, args.prompt), args))
             return
-        resume = training.resume_path(args, f"runs/chars-{args.model}")
-        out = args.out or (os.path.dirname(resume) or "." if resume else f"runs/chars-{args.model}")
-        same_folder = resume is not None and os.path.abspath(out) == os.path.abspath(os.path.dirname(resume))
-        with training.RunFolder(out, resuming=same_folder, force=args.force) as run:
+        run, resume = training.open_run(args, f"runs/chars-{args.model}")
+        with run:
             train(args, run, resume)
 
 

@@ -221,10 +221,8 @@ def main(argv=None) -> None:
         training.configure(args.device, args.seed)
         if args.eval or args.sample:
             return use_checkpoint(args)
-        resume = training.resume_path(args, f"runs/{args.model}")
-        out = args.out or (os.path.dirname(resume) or "." if resume else f"runs/{args.model}")
-        same_folder = resume is not None and os.path.abspath(out) == os.path.abspath(os.path.dirname(resume))
-        with training.RunFolder(out, resuming=same_folder, force=args.force) as run:
+        run, resume = training.open_run(args, f"runs/{args.model}")
+        with run:
             train(args, run, resume)
 
 

@@ -168,16 +168,19 @@ def _describe(e: Exception) -> str:
     return f"unexpected {type(e).__name__}: {' '.join(str(e).split())} (a bug in nanoar? --debug shows the traceback)"
 
 
-def resume_path(args, default_out: str):
-    """The checkpoint `--resume` names (`<out>/last.npz` by default), checked to exist before
-    anything is made; None without --resume."""
-    if args.resume is None:
-        return None
-    resume = args.resume or os.path.join(args.out or default_out, "last.npz")
-    if not os.path.isfile(resume):
-        raise UserError(f"--resume: no checkpoint at {resume}" + ("" if args.resume else " (give its --out, or the "
-                                                                                        "checkpoint's path)"))
-    return resume
+def open_run(args, default_out: str):
+    """The run folder, locked (`RunFolder`), and the checkpoint `--resume` names (None for a
+    new run; `<out>/last.npz` by default, checked to exist before anything is made). The
+    folder is --out, else the resumed checkpoint's, else `default_out`."""
+    resume = None
+    if args.resume is not None:
+        resume = args.resume or os.path.join(args.out or default_out, "last.npz")
+        if not os.path.isfile(resume):
+            raise UserError(f"--resume: no checkpoint at {resume}"
+                            + ("" if args.resume else " (give its --out, or the checkpoint's path)"))
+    out = args.out or ((os.path.dirname(resume) or ".") if resume else default_out)
+    same_folder = resume is not None and os.path.abspath(out) == os.path.abspath(os.path.dirname(resume))
+    return RunFolder(out, resuming=same_folder, force=args.force), resume
 
 
 def resume_settings(args, meta: dict, names) -> None:
