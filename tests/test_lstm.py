@@ -126,17 +126,3 @@ def test_any_length_is_accepted_and_bad_data_is_refused():
         with no_grad():
             assert model.log_prob_per_variable(np.zeros((2, t), int)).shape == (2, t)
     assert_refuses_bad_sequences(model)
-
-
-def test_sample_errors():
-    model = lstm(seq_len=5)
-    assert model.sample(2, seed=0).shape == (2, 5)
-    assert model.sample(1, seed=0, length=8).shape == (1, 8)
-    with pytest.raises(ValueError, match="longer"):
-        model.sample(1, length=2, prompt=np.array([0, 1, 2]))
-    with pytest.raises(ValueError, match="class ids"):
-        model.sample(1, prompt=np.array([0, K]))
-    with pytest.raises(ValueError, match="prompt must have shape"):
-        model.sample(2, prompt=np.zeros((3, 2), int))
-    with pytest.raises(ValueError, match="length"):
-        model.sample(1, length=0)

@@ -113,18 +113,6 @@ def test_any_length_is_accepted_and_bad_data_is_refused():
     assert_refuses_bad_sequences(model)
 
 
-def test_sample_errors():
-    model = transformer(seq_len=5)
-    assert model.sample(2, seed=0).shape == (2, 5)
-    assert model.sample(1, seed=0, length=8).shape == (1, 8)  # past the context
-    with pytest.raises(ValueError, match="longer"):
-        model.sample(1, length=2, prompt=np.array([0, 1, 2]))
-    with pytest.raises(ValueError, match="class ids"):
-        model.sample(1, prompt=np.array([0, K]))
-    with pytest.raises(ValueError, match="prompt must have shape"):
-        model.sample(2, prompt=np.zeros((3, 2), int))
-
-
 def test_same_network_as_the_pytorch_benchmark_chargpt(float64, torch_ref):
     """With the reference's weights (and its GELU switched to the tanh form nanoar uses), a
     window of ids gives the reference's logits: a small instance of bench/torch_ref.py's
