@@ -292,10 +292,13 @@ def _script(args, **kw):
 
 
 def _wait_for(path, proc, timeout=60):
-    t0 = time.time()
+    """Wait until the process has written `path` (a stuck process fails the test, not hangs it)."""
+    deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < timeout, "no checkpoint appeared"
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} did not appear")
         time.sleep(0.05)
 
 
