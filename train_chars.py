@@ -76,11 +76,7 @@ def parse_args(argv=None):
         p.error("argument --dilations: give at least one dilation")
     if args.sample and args.resume is not None:
         p.error("argument --resume: not with --sample (it reads a checkpoint and trains nothing)")
-    if args.resume is not None:
-        fixed = sorted(f"--{k.replace('_', '-')}" for k in args.given & set(RUN_FLAGS))
-        if fixed:
-            p.error(f"argument {fixed[0]}: a resumed run keeps its checkpoint's model and data; drop it, or start "
-                    "a new run (--out elsewhere, or --force)")
+    training.refuse_run_flags(p, args, RUN_FLAGS)
     return args
 
 

@@ -78,11 +78,7 @@ def parse_args(argv=None):
         p.error(f"argument --dataset: {args.dataset!r} is neither one of {', '.join(DATASETS)} nor a folder of IDX files")
     if (args.eval or args.sample) and args.resume is not None:
         p.error("argument --resume: not with --eval or --sample (they read a checkpoint and train nothing)")
-    if args.resume is not None:
-        fixed = sorted(f"--{k.replace('_', '-')}" for k in args.given & set(RUN_FLAGS))
-        if fixed:
-            p.error(f"argument {fixed[0]}: a resumed run keeps its checkpoint's model, data and optimiser settings; "
-                    "drop it, or start a new run (--out elsewhere, or --force)")
+    training.refuse_run_flags(p, args, RUN_FLAGS)
     return args
 
 

@@ -168,6 +168,15 @@ def _describe(e: Exception) -> str:
     return f"unexpected {type(e).__name__}: {' '.join(str(e).split())} (a bug in nanoar? --debug shows the traceback)"
 
 
+def refuse_run_flags(parser, args, run_flags) -> None:
+    """With --resume, a flag of `run_flags` (what the checkpoint fixes: model, data, batch
+    size, ...) given on the command line is a usage error: the run cannot change them."""
+    fixed = sorted(f"--{k.replace('_', '-')}" for k in args.given & set(run_flags))
+    if args.resume is not None and fixed:
+        parser.error(f"argument {fixed[0]}: a resumed run keeps what its checkpoint fixes (model, data, batch "
+                     "size); drop it, or start a new run (--out elsewhere, or --force)")
+
+
 def open_run(args, default_out: str):
     """The run folder, locked (`RunFolder`), and the checkpoint `--resume` names (None for a
     new run; `<out>/last.npz` by default, checked to exist before anything is made). The
