@@ -7,22 +7,30 @@ negative log-likelihood and draw samples.
     python train_mnist.py --out runs/made --resume            # continue runs/made/last.npz
     python train_mnist.py --eval runs/made/best.npz           # test NLL of a checkpoint
     python train_mnist.py --sample runs/made/best.npz         # a sample grid
+    python train_mnist.py --score runs/made/best.npz --against mnist,noise   # anomaly scores
 
 `--dataset` is mnist, fashion-mnist, binarized-mnist (Larochelle & Murray's fixed
 binarization) or a folder holding IDX files (train-images-idx3-ubyte[.gz] and
 t10k-images-idx3-ubyte[.gz]). Every NLL printed names its data and binarization: results
 on fixed and dynamic binarizations differ by several nats.
+
+Anomaly detection (`--score`, `nanoar.anomaly`): the checkpoint's test set against each set
+of `--against` -- a data set as `--dataset` takes it, or a built-in one: noise, bernoulli,
+constant, inverted, vflip, hflip, held-out-classes (for a model trained with `--classes`).
+A background model for the likelihood ratio is a second run with `--perturb MU`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
 
 import numpy as np
 
-from nanoar import backend, datasets, no_grad, training
+from nanoar import anomaly, backend, datasets, no_grad, training
+from nanoar.datasets.download import atomic_write
 from nanoar.models import build_model
 from nanoar.optim import Adam
 from nanoar.training import UsageError, UserError, int_list, nonnegative_int, path, positive_float, positive_int
@@ -32,7 +40,9 @@ DATASETS = ("mnist", "fashion-mnist", "binarized-mnist")
 # what a checkpoint fixes (these flags cannot change a resumed run), and the settings a
 # resumed run keeps unless they are given again
 RUN_FLAGS = ("model", "hidden", "hidden_sizes", "num_masks", "ordering", "channels", "layers", "dataset",
-             "binarization", "threshold", "batch_size", "max_steps_per_epoch")
+             "binarization", "threshold", "classes", "perturb", "batch_size", "max_steps_per_epoch")
+HELD_OUT = "held-out-classes"
+SCORE_FLAGS = ("against", "background", "fpr")
 SETTINGS = ("batch_size", "max_steps_per_epoch", "epochs", "lr", "clip")
 
 
@@ -42,6 +52,33 @@ def threshold(text):
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1) (a fraction of the grey scale), got {text}")
     return value
+
+
+def rate(text):
+    """An argparse type: a probability in [0, 1)."""
+    value = training.nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def class_list(text):
+    """An argparse type: comma-separated class labels (integers 0..255), at least one."""
+    try:
+        values = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated class labels expected, got {text!r}") from None
+    if not values or values[0] < 0 or values[-1] > 255:
+        raise argparse.ArgumentTypeError(f"one or more class labels in 0..255 expected, got {text!r}")
+    return values
+
+
+def set_list(text):
+    """An argparse type: comma-separated names of data sets (or folders)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one data set")
+    return names
 
 
 def parse_args(argv=None):
@@ -60,6 +97,12 @@ def parse_args(argv=None):
     p.add_argument("--binarization", choices=("threshold", "dynamic", "fixed"), default=None,
                    help="default: fixed for data that are already binary, else threshold")
     p.add_argument("--threshold", type=threshold, default=0.5, help="grey level in [0, 1) above which a pixel is 1")
+    p.add_argument("--classes", type=class_list, default=None, metavar="C1,C2,...",
+                   help="train on the images of these classes only (the data's label files; score the other "
+                        f"classes with --score ... --against {HELD_OUT})")
+    p.add_argument("--perturb", type=rate, default=0.0, metavar="MU",
+                   help="train a background model: every training pixel is replaced, with probability MU, by a "
+                        "random 0 or 1 (Ren et al. 2019; 0.1 to 0.3 is usual)")
     p.add_argument("--data-dir", type=path, default=None, help="download cache (default ~/.cache/nanoar or $NANOAR_DATA)")
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=100)
@@ -70,32 +113,64 @@ def parse_args(argv=None):
     training.add_run_arguments(p, "runs/<model>")
     p.add_argument("--eval", type=path, metavar="CHECKPOINT", help="print the test NLL of a checkpoint and exit")
     p.add_argument("--sample", type=path, metavar="CHECKPOINT", help="write a sample grid of a checkpoint and exit")
+    p.add_argument("--score", type=path, metavar="CHECKPOINT",
+                   help="anomaly scores: the checkpoint's test set (or --dataset's) against --against; writes "
+                        "scores.json and histograms to --out (default: the checkpoint's folder)")
+    p.add_argument("--against", type=set_list, default=None, metavar="SET,...",
+                   help=f"with --score: data sets as --dataset takes them, or built-in ones: "
+                        f"{', '.join(datasets.OUTLIER_SETS)}, {HELD_OUT} (default: every built-in one)")
+    p.add_argument("--background", type=path, metavar="CHECKPOINT",
+                   help="with --score: a background model (a run with --perturb) for the likelihood ratio")
+    p.add_argument("--fpr", type=rate, default=0.01,
+                   help="with --score: the false-positive rate of the p-value's and typicality test's thresholds")
     p.add_argument("--n-samples", type=positive_int, default=64)
     p.add_argument("--eval-batch-size", type=positive_int, default=None,
                    help="images per evaluation batch (default: the model's; memory grows with it)")
     args = p.parse_args(argv)
     if args.dataset not in DATASETS and not os.path.isdir(args.dataset):
         p.error(f"argument --dataset: {args.dataset!r} is neither one of {', '.join(DATASETS)} nor a folder of IDX files")
-    if (args.eval or args.sample) and args.resume is not None:
-        p.error("argument --resume: not with --eval or --sample (they read a checkpoint and train nothing)")
+    uses = [f for f in ("eval", "sample", "score") if getattr(args, f)]
+    if len(uses) > 1:
+        p.error(f"argument --{uses[1]}: not with --{uses[0]} (one use of a checkpoint at a time)")
+    if uses and args.resume is not None:
+        p.error(f"argument --resume: not with --{uses[0]} (it reads a checkpoint and trains nothing)")
+    trains = sorted(args.given & {"classes", "perturb"})
+    if uses and trains:
+        p.error(f"argument --{trains[0]}: chooses what a new run trains on; not with --{uses[0]}")
+    scoring = sorted(args.given & set(SCORE_FLAGS))
+    if scoring and not args.score:
+        p.error(f"argument --{scoring[0]}: only with --score CHECKPOINT")
+    for name in args.against or []:
+        if name not in (*datasets.OUTLIER_SETS, HELD_OUT, *DATASETS) and not os.path.isdir(name):
+            p.error(f"argument --against: {name!r} is neither a built-in set ({', '.join(datasets.OUTLIER_SETS)}, "
+                    f"{HELD_OUT}), nor one of {', '.join(DATASETS)}, nor a folder of IDX files")
     training.refuse_run_flags(p, args, RUN_FLAGS)
     return args
 
 
-def load_data(spec, data_dir):
-    """The images described by spec {dataset, binarization, threshold} (from the arguments,
-    or from a checkpoint), binarized; and the spec with its default binarization filled in."""
-    name = spec["dataset"]
+def load_images(name, data_dir, labels=False):
+    """The stored images (`datasets.ImageSplits`) of a data set name or IDX folder."""
     if name not in DATASETS and not os.path.isdir(name):
         raise UserError(f"the data folder {name} is not there; give the data with --dataset FOLDER")
-    images = datasets.load_idx_folder(name) if os.path.isdir(name) else datasets.load_images(name, data_dir, labels=False)
+    return datasets.load_idx_folder(name) if os.path.isdir(name) else datasets.load_images(name, data_dir, labels=labels)
+
+
+def load_data(spec, data_dir):
+    """The images described by spec {dataset, binarization, threshold[, classes, perturb]}
+    (from the arguments, or from a checkpoint), binarized; the spec with its default
+    binarization filled in; and, for a run on some classes only, the test images of the
+    other classes as stored (else None)."""
+    name, classes = spec["dataset"], spec.get("classes")
+    images, held_out = load_images(name, data_dir, labels=bool(classes)), None
+    if classes:
+        images, held_out = datasets.select_classes(images, classes)
     binarization = spec["binarization"] or ("fixed" if images.binary else "threshold")
     if images.binary != (binarization == "fixed"):
         raise UsageError(f"argument --binarization: {name} holds binary images, which take 'fixed' (the default)"
                          if images.binary else f"argument --binarization: 'fixed' is for data that are already binary, "
                          f"and {name} holds grey images: use threshold or dynamic")
     spec = {**spec, "binarization": binarization}
-    return datasets.BinaryImageData(images, binarization, threshold=spec["threshold"]), spec
+    return datasets.BinaryImageData(images, binarization, threshold=spec["threshold"]), spec, held_out
 
 
 def new_model(args, shape):
@@ -122,13 +197,7 @@ def check_fits(model, ds, where) -> None:
 # ----------------------------------------------------------------------------- evaluation
 def mean_nll(model, x, batch_size=None) -> float:
     """Average -log p(x) in nats over a host array of images, in batches, no graph."""
-    batch_size = batch_size or model.eval_batch_size
-    total = 0.0
-    with no_grad():
-        for i in range(0, len(x), batch_size):
-            batch = backend.to_device(x[i:i + batch_size].reshape(-1, *model.event_shape))
-            total += float(-model.log_prob(batch).sum().item())
-    return total / len(x)
+    return float(anomaly.example_nll(model, x, batch_size).mean())
 
 
 def baselines(ds) -> None:
@@ -202,8 +271,9 @@ def use_checkpoint(args) -> None:
     on --dataset's)."""
     path = args.eval or args.sample
     model, _, meta = training.load_run(path, "train_mnist")
-    spec = meta["data"] if "dataset" not in args.given else {**meta["data"], "dataset": args.dataset, "binarization": None}
-    ds, _ = load_data(spec, args.data_dir)
+    spec = meta["data"] if "dataset" not in args.given else {**meta["data"], "dataset": args.dataset,
+                                                             "binarization": None, "classes": None}
+    ds, _, _ = load_data(spec, args.data_dir)
     check_fits(model, ds, path)
     if args.eval:
         print(report(f"test NLL of {path}", mean_nll(model, ds.test, args.eval_batch_size), ds))
@@ -211,10 +281,121 @@ def use_checkpoint(args) -> None:
         write_samples(model, args.n_samples, args.seed, os.path.dirname(path) or ".", ds.test.shape[1:])
 
 
+# ----------------------------------------------------------------------------- anomaly scores
+def outlier_set(name, ds, held_out, data_dir, seed) -> tuple[str, np.ndarray]:
+    """(a description, the images (N, 1, H, W) 0/1 as the model sees them) of one --against
+    set: built in, the held-out classes, or the test set of another data set."""
+    if name in datasets.OUTLIER_SETS:
+        rng = np.random.default_rng([seed, list(datasets.OUTLIER_SETS).index(name)])
+        levels = datasets.outlier_images(name, ds.test_levels, ds.levels, ds.mean_pixel(), rng)
+        return datasets.OUTLIER_SETS[name], ds.binarize(levels, seed)
+    if name == HELD_OUT:
+        if held_out is None:
+            raise UsageError(f"argument --against: {HELD_OUT} is for a model trained on some classes (--classes); "
+                             "this one was trained on every class")
+        if not len(held_out):
+            raise UserError(f"{HELD_OUT}: the data have no test images outside the training classes")
+        return "the test images of the classes the model was not trained on", ds.binarize(held_out, seed)
+    other = load_images(name, data_dir)
+    if other.test.shape[1:] != ds.test.shape[2:]:
+        raise UserError(f"--against {name}: its images are {'x'.join(map(str, other.test.shape[1:]))}, the model's "
+                        f"{'x'.join(map(str, ds.test.shape[2:]))}")
+    if other.binary:
+        return f"the test images of {name}, binary as given", other.test[:, None].astype(np.float32)
+    if ds.binarization == "fixed":   # a model of binary data: grey images need a binarization of their own
+        return f"the test images of {name}, threshold 0.5", datasets.binarize_threshold(other.test, 0.5)
+    return f"the test images of {name}, binarized like the data", ds.binarize(other.test, seed)
+
+
+def load_background(path, model):
+    """A background model for the likelihood ratio: a train_mnist checkpoint of the same
+    image size (trained with --perturb, or else said so)."""
+    background, _, meta = training.load_run(path, "train_mnist")
+    if background.event_shape != model.event_shape:
+        raise UserError(f"--background {path}: a model of {background.event_shape} images, the scored model's are "
+                        f"{model.event_shape}")
+    if not meta["data"].get("perturb"):
+        print(f"note: {path} was trained without --perturb; the likelihood ratio then compares two models of "
+              "the same inputs")
+    return background
+
+
+def score_checkpoint(args) -> None:
+    """--score: every anomaly score of the checkpoint's test set against each --against set;
+    a table per set, scores.json and a histogram PNG per set in --out."""
+    model, _, meta = training.load_run(args.score, "train_mnist")
+    spec = meta["data"] if "dataset" not in args.given else {**meta["data"], "dataset": args.dataset,
+                                                             "binarization": None}
+    ds, spec, held_out = load_data(spec, args.data_dir)
+    check_fits(model, ds, args.score)
+    background = load_background(args.background, model) if args.background else None
+    names = args.against or [*datasets.OUTLIER_SETS, *([HELD_OUT] if held_out is not None else [])]
+    sets = {name: outlier_set(name, ds, held_out, args.data_dir, args.seed) for name in names}
+    out_dir = args.out or os.path.dirname(args.score) or "."
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"argument --out: {out_dir} is a file; give a folder for the scores")
+    os.makedirs(out_dir, exist_ok=True)
+
+    t = time.perf_counter()
+    key = json.dumps({k: v for k, v in spec.items() if k != "perturb"}, sort_keys=True)
+    known = anomaly.cached_nll(model, args.score, {"train": ds.train_images(args.seed), "test": ds.test}, key,
+                               args.eval_batch_size, args.quiet)
+    bg_test = (anomaly.cached_nll(background, args.background, {"test": ds.test}, key, args.eval_batch_size,
+                                  args.quiet)["test"] if background else None)
+
+    def per_example(x, nll=None, bg_nll=None, what=""):
+        nll = anomaly.example_nll(model, x, args.eval_batch_size, f"nll of {what}", args.quiet) if nll is None else nll
+        found = {"nll": nll, "png_bits": anomaly.png_bits(x[:, 0]), "zlib_bits": anomaly.zlib_bits(x[:, 0])}
+        if background:
+            found["background_nll"] = (bg_nll if bg_nll is not None else
+                                       anomaly.example_nll(background, x, args.eval_batch_size,
+                                                           f"background nll of {what}", args.quiet))
+        return found
+
+    d = int(np.prod(model.event_shape))
+    bits = lambda nats: nats / (d * math.log(2))  # noqa: E731
+    inliers = per_example(ds.test, known["test"], bg_test)
+    in_nll = float(inliers["nll"].mean())
+    p_test = anomaly.p_values(inliers["nll"], known["train"])
+    print(f"in distribution: the test set of {ds.describe()}, {len(ds.test)} images, NLL {in_nll:.2f} nats "
+          f"({bits(in_nll):.4f} bits/dim); training set {known['train'].mean():.2f} nats; "
+          f"{np.mean(p_test <= args.fpr):.3f} of the test images have p <= {args.fpr:g}")
+    report = {"checkpoint": args.score, "background": args.background, "data": ds.describe(), "fpr": args.fpr,
+              "in_distribution": {"n": len(ds.test), "nll": in_nll, "bits_per_dim": bits(in_nll),
+                                  "train_nll": float(known["train"].mean()),
+                                  "flagged_by_p_value": float(np.mean(p_test <= args.fpr))},
+              "sets": {}}
+    for name, (what, x) in sets.items():
+        outliers = per_example(x, what=name)
+        scores, rows = anomaly.compare(inliers, outliers, known["train"], args.fpr, seed=args.seed)
+        out_nll = float(outliers["nll"].mean())
+        verdict = ": more probable on average than the test set" if out_nll < in_nll else ""
+        print(f"\nagainst {name}: {what}, {len(x)} images, NLL {out_nll:.2f} nats ({bits(out_nll):.4f} bits/dim)"
+              f"{verdict}")
+        print(anomaly.score_table(rows, args.fpr))
+        picture = os.path.join(out_dir, f"scores-{safe_name(name)}.png")
+        anomaly.write_histograms(picture, f"{ds.describe()} (in) against {name} (out)",
+                                 {k: v[0] for k, v in scores.items()}, {k: v[1] for k, v in scores.items()})
+        report["sets"][name] = {"description": what, "n": len(x), "nll": out_nll, "bits_per_dim": bits(out_nll),
+                                "scores": rows, "histograms": picture}
+    path = os.path.join(out_dir, "scores.json")
+    with atomic_write(path) as f:
+        f.write(json.dumps(report, indent=1).encode())
+    print(f"\nwrote {path} and {len(sets)} histogram PNG(s) in {out_dir} ({time.perf_counter() - t:.1f} s)")
+
+
+def safe_name(name) -> str:
+    """A data set name or folder as a file name part."""
+    base = os.path.basename(os.path.normpath(name)) or "data"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     with training.error_boundary(args.debug):
         training.configure(args.device, args.seed)
+        if args.score:
+            return score_checkpoint(args)
         if args.eval or args.sample:
             return use_checkpoint(args)
         run, resume = training.open_run(args, f"runs/{args.model}")
@@ -229,13 +410,14 @@ def train(args, run, resume) -> None:
         model, opt, meta = training.load_run(resume, "train_mnist", make_opt)
         training.resume_settings(args, meta, SETTINGS)
         opt.lr = args.lr
-        ds, spec = load_data(meta["data"], args.data_dir)
+        ds, spec, _ = load_data(meta["data"], args.data_dir)
         check_fits(model, ds, resume)
         loop, best_path = meta["loop"], os.path.join(os.path.dirname(resume), "best.npz")
         print(f"resuming {resume}: epoch {loop['epoch'] + 1}, batch {loop['batch']}, step {opt.step_count}")
     else:
-        ds, spec = load_data({"dataset": args.dataset, "binarization": args.binarization,
-                              "threshold": args.threshold}, args.data_dir)
+        ds, spec, _ = load_data({"dataset": args.dataset, "binarization": args.binarization,
+                                 "threshold": args.threshold, "classes": args.classes, "perturb": args.perturb},
+                                args.data_dir)
         model = new_model(args, ds.test.shape[1:])
         opt = make_opt(model.parameters())
         loop, best_path = {}, None
@@ -257,7 +439,11 @@ def train(args, run, resume) -> None:
           f"device {backend.get_device()}")
 
     # ---- the loop: shuffled batches, the validation set scored after every epoch
-    batches = training.EpochBatches(ds, batch_size, steps_per_epoch, model.event_shape, loop or None, args.seed)
+    perturb = spec.get("perturb", 0.0)
+    if perturb:
+        print(f"a background model: each training pixel replaced by a random 0 or 1 with probability {perturb:g}")
+    batches = training.EpochBatches(ds, batch_size, steps_per_epoch, model.event_shape, loop or None, args.seed,
+                                    perturb=perturb)
 
     def evaluate(train_nll, seconds):
         valid = mean_nll(model, ds.valid, args.eval_batch_size)

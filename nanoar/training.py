@@ -32,7 +32,7 @@ import numpy as np
 
 from . import backend
 from .checkpoint import CheckpointError, load_checkpoint, rng_from_state, rng_state, save_checkpoint
-from .datasets import DataError, get_windows
+from .datasets import DataError, get_windows, perturb_pixels
 from .models import build_model, model_name
 from .optim import clip_grad_norm
 
@@ -337,13 +337,15 @@ def load_run(path, script: str | None = None, optimizer_factory=None):
 class EpochBatches:
     """Shuffled batches of a data set, epoch after epoch: `data.train_batches(size, rng)` is
     one epoch's iterator; `steps_per_epoch` may cut epochs short; each batch is reshaped to
-    (B, *shape) (the model's event shape)."""
+    (B, *shape) (the model's event shape) and, with `perturb`, has that fraction of its
+    values randomised."""
 
     carry, unit = None, "examples"
 
     def __init__(self, data, batch_size: int, steps_per_epoch: int, shape: tuple, saved: dict | None = None,
-                 seed: int = 0):
+                 seed: int = 0, perturb: float = 0.0):
         self.data, self.batch_size, self.steps_per_epoch, self.shape = data, batch_size, steps_per_epoch, shape
+        self.perturb = perturb   # > 0: a background model's inputs (`datasets.perturb_pixels`)
         saved = saved or {"epoch": 0, "batch": 0, "rng": rng_state(np.random.default_rng(seed))}
         self.epoch = saved["epoch"]
         self._start_epoch(rng_from_state(saved["rng"]))
@@ -360,6 +362,8 @@ class EpochBatches:
             self._start_epoch(self.rng)
         self.batch += 1
         x = next(self._batches)
+        if self.perturb:  # drawn from the epoch's generator, so a resumed run replays it
+            x = perturb_pixels(x, self.perturb, self.rng)
         return x.reshape(len(x), *self.shape)
 
     def state(self) -> dict:

@@ -167,6 +167,37 @@ MNIST_CASES = [
     (["--out", "{file}"], 2, ["--out", "is a file"]),
     (["--out", "{file}/sub"], 1, ["--out"]),
     (["--eval", "{mnist}", "--resume"], 2, ["--resume", "--eval"]),
+    (["--perturb", 1], 2, ["--perturb", "[0, 1)"]),
+    (["--perturb", -0.1], 2, ["--perturb"]),
+    (["--perturb", "nan"], 2, ["--perturb"]),
+    (["--classes", ""], 2, ["--classes"]),
+    (["--classes", "a,b"], 2, ["--classes"]),
+    (["--classes", "0,300"], 2, ["--classes", "0..255"]),
+    (["--classes", "1"], 1, ["no class labels"]),
+    (["--against", "noise"], 2, ["--against", "--score"]),
+    (["--background", "{mnist}"], 2, ["--background", "--score"]),
+    (["--fpr", 0.1], 2, ["--fpr", "--score"]),
+]
+
+SCORE_CASES = [  # --score of a usable checkpoint, with bad companions
+    (["--against", "bogus"], 2, ["--against", "bogus"]),
+    (["--against", ","], 2, ["--against", "at least one"]),
+    (["--against", "{file}"], 2, ["--against", "a-file"]),
+    (["--against", "held-out-classes"], 2, ["held-out-classes", "--classes"]),
+    (["--against", "{big}"], 1, ["10x10", "8x8"]),
+    (["--against", "{zero}"], 1, ["zero"]),
+    (["--background", "{chars}"], 1, ["train_chars.py"]),
+    (["--background", "{nofile}"], 1, ["missing.npz"]),
+    (["--background", "{junk}"], 1, ["junk.npz"]),
+    (["--fpr", 1], 2, ["--fpr"]),
+    (["--fpr", "nan"], 2, ["--fpr"]),
+    (["--eval", "{mnist}"], 2, ["--score", "--eval"]),
+    (["--sample", "{mnist}"], 2, ["--score", "--sample"]),
+    (["--resume"], 2, ["--resume", "--score"]),
+    (["--perturb", 0.1], 2, ["--perturb", "--score"]),
+    (["--classes", "1"], 2, ["--classes", "--score"]),
+    (["--out", "{file}"], 2, ["--out", "is a file"]),
+    (["--dataset", "{big}"], 1, ["64 pixels", "10x10"]),
 ]
 
 MNIST_DATA_CASES = [
@@ -203,11 +234,18 @@ def test_train_mnist_refuses(args, status, words, files, tmp_path, capsys):
     assert not (tmp_path / "run" / "last.npz").exists()  # refused before any work
 
 
-@pytest.mark.parametrize("flag", ["--eval", "--sample"])
+@pytest.mark.parametrize("flag", ["--eval", "--sample", "--score"])
 @pytest.mark.parametrize("path,status,words", CHECKPOINT_CASES, ids=[p for p, _, _ in CHECKPOINT_CASES])
 def test_train_mnist_refuses_unusable_checkpoints(flag, path, status, words, files, tmp_path, capsys):
     got, _ = run(train_mnist.main, [flag, path], files, tmp_path / "run")
     check(capsys, got, status, words)
+
+
+@pytest.mark.parametrize("args,status,words", SCORE_CASES, ids=[" ".join(map(str, a)) for a, _, _ in SCORE_CASES])
+def test_scoring_refuses_bad_companions_before_any_work(args, status, words, files, tmp_path, capsys):
+    got, _ = run(train_mnist.main, ["--score", "{mnist}", "--quiet", *args], files, tmp_path / "run")
+    check(capsys, got, status, words)
+    assert not any(p.name.startswith("scores") for p in (files["dir"] / "mnist-run").iterdir())
 
 
 def test_eval_on_other_data_and_a_mismatched_size(files, tmp_path, capsys):

@@ -15,7 +15,11 @@ Modules, in reading order:
   'binarized-mnist', ``load_idx_folder`` for your own IDX files (grey or
   already binary, ``pixel_levels``), ``binarize_threshold`` (``check_threshold``),
   ``binarize_dynamic``, ``split_validation`` (``min_examples_for_split``) and
-  ``BinaryImageData``, which yields shuffled training batches of 0/1 images.
+  ``BinaryImageData``, which yields shuffled training batches of 0/1 images;
+  ``select_classes`` (train on some classes, hold out the others) and
+  ``perturb_pixels`` (the inputs of a background model).
+* ``outliers`` -- out-of-distribution image sets built from a test set
+  (``OUTLIER_SETS``, ``outlier_images``): noise, constant, inverted, flipped.
 * ``text`` -- tiny Shakespeare (``load_text``), ``CharVocab``, ``split_text``
   and ``get_windows``.
 
@@ -40,7 +44,10 @@ from .images import (
     load_idx_folder,
     load_images,
     min_examples_for_split,
+    perturb_pixels,
     pixel_levels,
+    select_classes,
     split_validation,
 )
+from .outliers import OUTLIER_SETS, outlier_images
 from .text import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_URL, CharVocab, get_windows, load_text, split_text

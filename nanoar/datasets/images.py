@@ -416,16 +416,56 @@ def load_idx_folder(folder: str) -> ImageSplits:
         paths.append(path)
     if arrays[0].shape[1:] != arrays[1].shape[1:]:
         raise DataError(f"{folder}: train images are {arrays[0].shape[1:]} but test images {arrays[1].shape[1:]}")
+    labels = _idx_folder_labels(folder, arrays, find)
     levels = [pixel_levels(a) for a in arrays]
     if "grey" not in levels:
         # 0/255 images become 0/1 (where the pixel is 255); 0/1 images stay as they are
         train, test = ((a == 255).astype(np.uint8) if lv == "0/255" else a for a, lv in zip(arrays, levels))
-        return ImageSplits(os.path.abspath(folder), train, test, binary=True)
+        return ImageSplits(os.path.abspath(folder), train, test, None, *labels, binary=True)
     if "0/1" in levels:  # beside grey levels: thresholding would make these all zeros
         i = levels.index("0/1")
         raise DataError(f"{paths[i]}: every pixel is 0 or 1 (binary images) but {paths[1 - i]} has grey levels "
                         "0..255; give both files in one encoding")
-    return ImageSplits(os.path.abspath(folder), arrays[0], arrays[1])
+    return ImageSplits(os.path.abspath(folder), arrays[0], arrays[1], None, *labels)
+
+
+def _idx_folder_labels(folder, images, find) -> tuple:
+    """The folder's train-labels-idx1-ubyte and t10k-labels-idx1-ubyte (each optionally
+    .gz), one uint8 label per image, when both are there; else (None, None)."""
+    stems = ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")
+    present = [any(os.path.isfile(os.path.join(folder, s + e)) for e in ("", ".gz")) for s in stems]
+    if not all(present):
+        return None, None
+    out = []
+    for stem, imgs in zip(stems, images):
+        path = find(stem)
+        labels = read_idx(path)
+        if labels.dtype != np.uint8 or labels.shape != (len(imgs),):
+            raise DataError(f"{path}: expected {len(imgs)} uint8 labels (one per image), got {labels.dtype} "
+                            f"{labels.shape}")
+        out.append(labels)
+    return tuple(out)
+
+
+def select_classes(images: ImageSplits, classes) -> tuple[ImageSplits, np.ndarray]:
+    """The images of some classes only: (ImageSplits of the train and test images whose label
+    is in `classes`, the test images of every other class (N, H, W)) -- a model trained on
+    the first can be asked about the second ("held-out classes")."""
+    if images.train_labels is None or images.test_labels is None:
+        raise DataError(f"{images.dataset}: no class labels, so no classes to choose from")
+    classes = sorted(set(int(c) for c in classes))
+    present = set(np.unique(images.train_labels).tolist())
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise DataError(f"{images.dataset}: no training image has class {missing[0]}; its classes are "
+                        f"{', '.join(map(str, sorted(present)))}")
+    keep_train, keep_test = np.isin(images.train_labels, classes), np.isin(images.test_labels, classes)
+    if not keep_test.any():
+        raise DataError(f"{images.dataset}: no test image has class {', '.join(map(str, classes))}")
+    chosen = dataclasses.replace(images, train=images.train[keep_train], test=images.test[keep_test],
+                                 train_labels=images.train_labels[keep_train],
+                                 test_labels=images.test_labels[keep_test])
+    return chosen, images.test[~keep_test]
 
 
 def pixel_levels(images: np.ndarray) -> str:
@@ -508,6 +548,14 @@ def binarize_dynamic(images: np.ndarray, rng: np.random.Generator) -> np.ndarray
     p = (np.arange(256, dtype=np.float32) / np.float32(255.0))[grey]
     # rng.random is in [0, 1): p = 1 always gives 1 and p = 0 always gives 0.
     return (rng.random(grey.shape, dtype=np.float32) < p).astype(np.float32)
+
+
+def perturb_pixels(x: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Ren et al.'s (2019) inputs for a background model: each 0/1 value of x is replaced,
+    with probability `rate`, by a uniformly random 0 or 1 (so about rate/2 of them change).
+    A model of such inputs keeps the data's generic statistics but not its semantics."""
+    replace = rng.random(x.shape) < rate
+    return np.where(replace, rng.integers(0, 2, x.shape), x).astype(x.dtype)
 
 
 def split_validation(n: int, fraction: float = 0.1) -> tuple[slice, slice]:
@@ -607,6 +655,8 @@ class BinaryImageData:
         self.train_labels = train_labels
         self.valid_labels = valid_labels
         self.test_labels = images.test_labels
+        self.levels = 1 if images.binary else 255   # the stored images' top level
+        self.test_levels = images.test              # the test images as stored, before binarization
 
         if binarization == "dynamic":
             self._train = train  # grey uint8; binarized per batch
@@ -637,6 +687,30 @@ class BinaryImageData:
     @property
     def n_train(self) -> int:
         return len(self._train)
+
+    def binarize(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Other images (N, H, W) uint8, stored like this data set's (grey levels 0..255, or
+        0/1 for binary data), binarized the way its test set was: (N, 1, H, W) float32 0/1.
+        Dynamic binarization draws from ``default_rng(seed)``."""
+        if self.binarization == "threshold":
+            return binarize_threshold(images, self.threshold)
+        if self.binarization == "dynamic":
+            return binarize_dynamic(images, np.random.default_rng(seed))
+        if pixel_levels(images) != "0/1":
+            raise DataError(f"{self.dataset} holds binary images; images to compare with it must be 0/1 too")
+        return _as_nchw_uint8(images).astype(np.float32)
+
+    def train_images(self, seed: int = 0) -> np.ndarray:
+        """Every training image as 0/1 float32 (N, 1, H, W); dynamic binarization draws them
+        once from ``default_rng(seed)``."""
+        if self.binarization == "dynamic":
+            return binarize_dynamic(self._train, np.random.default_rng(seed))
+        return self._train.astype(np.float32)
+
+    def mean_pixel(self) -> float:
+        """The fraction of training pixels that are 1 (for dynamic binarization, its
+        expectation)."""
+        return float(self._train.mean() / (255.0 if self.binarization == "dynamic" else 1.0))
 
     def describe(self) -> str:
         """One line for logs and reports, e.g. 'mnist, dynamic (test binarized once, seed 0)'."""
