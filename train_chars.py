@@ -7,19 +7,30 @@ and write samples.
     python train_chars.py --model lstm --data my_text.txt --device cuda
     python train_chars.py --out runs/chars-transformer --resume
     python train_chars.py --sample runs/chars-transformer/best.npz --prompt "ROMEO:" --length 500
+    python train_chars.py --score runs/chars-transformer/best.npz --text play.txt --show 20
 
 The text is split by characters: the first 90% trains, the last 10% validates; the
 vocabulary is the training text's characters and is stored in the checkpoint. Losses are
 exact: each window of `--context` characters is scored as a whole sequence,
 log p(x) = sum_t log p(x_t | x_<t), and reported in nats and bits per character.
+
+--score scores a text line by line with a trained model: each non-empty line's bits per
+character, log p(line | a preceding newline), and its p-value among the lines of the
+checkpoint's validation text; the least likely lines are listed (e.g. lines that are not
+Shakespeare in a Shakespeare play) and every line's score goes to scores.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import sys
 
-from nanoar import backend, datasets, no_grad, training
+import numpy as np
+
+from nanoar import anomaly, backend, datasets, no_grad, training
+from nanoar.datasets.download import DataError, atomic_write
 from nanoar.models import build_model, model_class
 from nanoar.optim import AdamW
 from nanoar.training import (UsageError, UserError, int_list, nonnegative_float, nonnegative_int, path,
@@ -67,6 +78,12 @@ def parse_args(argv=None):
     p.add_argument("--length", type=positive_int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=positive_float, default=0.8)
     p.add_argument("--top-k", type=nonnegative_int, default=0, help="sample among the k most likely characters (0: all)")
+    # scoring a text
+    p.add_argument("--score", type=path, metavar="CHECKPOINT",
+                   help="score the lines of --text with a checkpoint (bits per character, p-value among the "
+                        "validation text's lines), list the least likely ones and exit")
+    p.add_argument("--text", type=path, metavar="FILE", help="the UTF-8 text --score scores")
+    p.add_argument("--show", type=nonnegative_int, default=10, help="least likely lines --score lists")
     args = p.parse_args(argv)
     if args.min_lr > args.lr:
         p.error(f"argument --min-lr: {args.min_lr} is above --lr {args.lr}")
@@ -76,6 +93,17 @@ def parse_args(argv=None):
         p.error("argument --dilations: give at least one dilation")
     if args.sample and args.resume is not None:
         p.error("argument --resume: not with --sample (it reads a checkpoint and trains nothing)")
+    if not args.score:
+        for flag in ("text", "show"):
+            if flag in args.given:
+                p.error(f"argument --{flag}: only with --score CHECKPOINT")
+    else:
+        if args.text is None:
+            p.error("argument --score: give the text to score with --text FILE")
+        if args.sample:
+            p.error("argument --sample: not with --score (give one of them)")
+        if args.resume is not None:
+            p.error("argument --resume: not with --score (it scores a text and trains nothing)")
     training.refuse_run_flags(p, args, RUN_FLAGS)
     return args
 
@@ -183,6 +211,9 @@ def main(argv=None) -> None:
             vocab = datasets.CharVocab.from_dict(meta["vocab"])
             print(sample_text(model, vocab, encode_prompt(vocab, args.prompt), args))
             return
+        if args.score:
+            score(args)
+            return
         run, resume = training.open_run(args, f"runs/chars-{args.model}")
         with run:
             train(args, run, resume)
@@ -244,6 +275,213 @@ def train(args, run, resume) -> None:
     print(f"best {fmt('validation loss', meta['loop']['best_valid'])} ({best_path})")
     print("--- sample (best checkpoint) ---")
     print(sample_text(model, vocab, prompt, args))
+
+
+# ----------------------------------------------------------------------------- scoring a text
+P_FLAG = 0.01          # the summary counts the lines with a p-value at most this
+SHOW_WIDTH = 80        # characters of a line the table shows
+
+
+def read_text_file(path) -> str:
+    """The UTF-8 text of --text (a leading byte-order mark dropped); one clear line if it
+    is missing, unreadable or not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise UserError(f"--text {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"--text {path}: a folder, not a text file") from None
+    except OSError as e:
+        raise UserError(f"--text {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--text {path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+
+
+def unscorable_reason(vocab, line):
+    """None if the model can score every character of `line`, else why not."""
+    known = set(vocab.chars)
+    for c in line:
+        if c not in known:
+            return f"character {c!r} not in the model's vocabulary"
+    return None
+
+
+def score_lines(model, vocab, lines, batch_size=64, max_chars=4096, bar=None):
+    """-log p(line | newline) in nats for each non-empty line (its characters, not its newline,
+    conditioned on a preceding newline; on nothing when the vocabulary has no newline).
+    Lines are sorted by length and scored in batches of up to `batch_size` lines and about
+    `max_chars` ids, right-padded with id 0 to the batch's longest: the models are
+    autoregressive, so the padding after a line never changes its conditionals, and only
+    the line's own positions are summed.
+
+    Returns (nll: float64 (len(lines),), NaN where unscorable; reasons: None or why a line
+    cannot be scored, a character outside the vocabulary)."""
+    prefix = vocab.encode("\n") if "\n" in vocab.chars else np.zeros(0, np.int64)
+    start = len(prefix)
+    nll = np.full(len(lines), np.nan)
+    reasons, seqs = [None] * len(lines), {}
+    for i, line in enumerate(lines):
+        if not line:
+            raise ValueError(f"line {i}: empty lines are not scored")
+        reasons[i] = unscorable_reason(vocab, line)
+        if reasons[i] is None:
+            seqs[i] = np.concatenate([prefix, vocab.encode(line)])
+    order = sorted(seqs, key=lambda i: len(seqs[i]))
+    context = getattr(model, "context", None)   # a transformer scores each id past it in its own window
+
+    def cost(rows, length):
+        return rows * length * (context if context and length > context else 1)
+
+    with no_grad():
+        i = 0
+        while i < len(order):
+            j = i + 1
+            while j < len(order) and j - i < batch_size and cost(j + 1 - i, len(seqs[order[j]])) <= max_chars:
+                j += 1
+            batch = order[i:j]
+            lengths = np.array([len(seqs[k]) for k in batch])
+            ids = np.zeros((len(batch), lengths.max()), np.int64)
+            for row, k in enumerate(batch):
+                ids[row, :lengths[row]] = seqs[k]
+            lp = backend.to_numpy(model.log_prob_per_variable(backend.to_device(ids)).data).astype(np.float64)
+            positions = np.arange(ids.shape[1])[None, :]
+            real = (positions >= start) & (positions < lengths[:, None])
+            nll[batch] = -(lp * real).sum(axis=1)
+            if bar is not None:
+                bar.update(len(batch))
+            i = j
+    return nll, reasons
+
+
+def bits_per_char(nll, lines) -> np.ndarray:
+    return np.asarray(nll, np.float64) / (np.array([len(line) for line in lines], np.float64) * math.log(2))
+
+
+def shown(line: str, width: int = SHOW_WIDTH) -> str:
+    """A line as the table prints it: non-printable characters (and any the terminal cannot
+    encode) escaped, cut to `width` characters."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+
+    def safe(c):
+        if not c.isprintable():
+            return repr(c)[1:-1]
+        try:
+            c.encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            return ascii(c)[1:-1]
+        return c
+    text = "".join(safe(c) for c in line)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def reference_lines(meta, args):
+    """The non-empty lines of the checkpoint's validation text (the last 10% of its training
+    text, or of --data): what the p-values compare with. The validation text starts mid-line
+    unless the training text ends with a newline; that first piece is left out."""
+    data_path = args.data if "data" in args.given else (meta.get("data") or {}).get("path")
+    vocab = datasets.CharVocab.from_dict(meta["vocab"])
+    try:
+        _, train_ids, valid_ids = load_text(data_path, args.data_dir, vocab)
+    except DataError as e:
+        raise UserError(f"the checkpoint's training text, for the validation lines the p-values compare with: {e}; "
+                        "give it with --data") from None
+    lines = vocab.decode(valid_ids).split("\n")
+    if len(lines) > 1 and len(train_ids) and vocab.decode(train_ids[-1:]) != "\n":
+        lines = lines[1:]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise UserError(f"{data_path or 'tiny Shakespeare'}: its validation text (the last 10%) has no non-empty "
+                        "line to compare the scores with")
+    return lines
+
+
+def score_folder(args) -> str:
+    """Where scores.json goes: --out (made if need be), else the checkpoint's folder;
+    checked to be writable before any scoring."""
+    folder = args.out or os.path.dirname(args.score) or "."
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"argument --out: {folder} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write scores.json to {folder}: {e.strerror}; choose another --out") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write scores.json to {folder}: permission denied; choose another --out")
+    return folder
+
+
+def score(args) -> None:
+    """--score CHECKPOINT --text FILE: score FILE's lines, list the least likely, write
+    scores.json. Everything is checked before the model scores anything."""
+    text = read_text_file(args.text)
+    all_lines = text.split("\n")
+    numbers = [n for n, line in enumerate(all_lines, 1) if line]
+    if not numbers:
+        raise UserError(f"--text {args.text}: no non-empty line to score")
+    lines = [all_lines[n - 1] for n in numbers]
+    model, _, meta = training.load_run(args.score, "train_chars")
+    try:
+        vocab = datasets.CharVocab.from_dict(meta.get("vocab") or {})
+    except ValueError as e:
+        raise UserError(f"{args.score}: its vocabulary is unusable ({e})") from None
+    reference = reference_lines(meta, args)
+    folder = score_folder(args)
+
+    bar = training.progress(total=len(lines) + len(reference), desc="scoring lines", disable=args.quiet)
+    nll, reasons = score_lines(model, vocab, lines, bar=bar)
+    ref_nll, _ = score_lines(model, vocab, reference, bar=bar)
+    bar.close()
+    bpc, ref_bpc = bits_per_char(nll, lines), bits_per_char(ref_nll, reference)
+    scored = np.array([r is None for r in reasons])
+    p = np.full(len(lines), np.nan)
+    p[scored] = anomaly.p_values(bpc[scored], ref_bpc)
+
+    # ---- the summary, then the least likely lines: the unscorable ones first
+    n_scored, n_bad = int(scored.sum()), int((~scored).sum())
+    n_chars = sum(len(line) for line, ok in zip(lines, scored) if ok)
+    ref_mean = float(ref_nll.sum() / (sum(map(len, reference)) * math.log(2)))
+    mean = float(nll[scored].sum() / (n_chars * math.log(2))) if n_scored else None
+    floor = 1 / (len(reference) + 1)   # the smallest p-value there can be
+    print(f"{args.text}: {n_scored} of {len(lines)} non-empty lines scored"
+          + (f" ({n_bad} unscorable: characters outside the model's vocabulary)" if n_bad else "")
+          + f"; {'-' if mean is None else f'{mean:.4f}'} bits/char vs {ref_mean:.4f} on the {len(reference)} "
+          f"validation lines; {int((p[scored] <= P_FLAG).sum())} lines with p <= {P_FLAG:g}"
+          + (f" (none can be: the smallest p-value is 1/{len(reference) + 1})" if floor > P_FLAG else ""))
+    order = [i for i in range(len(lines)) if not scored[i]]
+    order += sorted(np.flatnonzero(scored).tolist(), key=lambda i: (-bpc[i], numbers[i]))
+    if args.show and order:
+        print(f"the {min(args.show, len(order))} least likely lines:")
+        print(f"{'line':>7} {'bits/char':>9} {'p-value':>8}  text")
+        for i in order[:args.show]:
+            if scored[i]:
+                print(f"{numbers[i]:>7} {bpc[i]:>9.3f} {p[i]:>8.4f}  {shown(lines[i])}")
+            else:
+                print(f"{numbers[i]:>7} {'-':>9} {'-':>8}  {shown(lines[i])}  [unscorable: {shown(reasons[i], 200)}]")
+
+    # ---- every line's score
+    entries = []
+    for i, n in enumerate(numbers):
+        entry = {"number": n, "chars": len(lines[i])}
+        if scored[i]:
+            entry.update(bits_per_char=float(bpc[i]), p_value=float(p[i]))
+        else:
+            entry["unscorable"] = reasons[i]
+        entries.append(entry)
+    report = {"checkpoint": args.score, "text": args.text, "lines_scored": n_scored, "lines_unscorable": n_bad,
+              "bits_per_char": mean,
+              "reference": {"what": "the non-empty lines of the checkpoint's validation text",
+                            "lines": len(reference), "bits_per_char": ref_mean},
+              "lines": entries}
+    out = os.path.join(folder, "scores.json")
+    try:
+        with atomic_write(out) as f:
+            f.write((json.dumps(report, indent=1) + "\n").encode("utf-8"))
+    except OSError as e:
+        raise UserError(f"could not write {out}: {e.strerror}") from None
+    print(f"scores of every line: {out}")
 
 
 if __name__ == "__main__":
