@@ -323,6 +323,11 @@ def load_background(path, model):
 def score_checkpoint(args) -> None:
     """--score: every anomaly score of the checkpoint's test set against each --against set;
     a table per set, scores.json and a histogram PNG per set in --out."""
+    for module, what in (("PIL", "the PNG lengths need Pillow"), ("matplotlib", "the histograms need matplotlib")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"--score: {what}; pip install 'nanoar[scripts]'") from None
     model, _, meta = training.load_run(args.score, "train_mnist")
     spec = meta["data"] if "dataset" not in args.given else {**meta["data"], "dataset": args.dataset,
                                                              "binarization": None}
@@ -338,8 +343,8 @@ def score_checkpoint(args) -> None:
 
     t = time.perf_counter()
     key = json.dumps({k: v for k, v in spec.items() if k != "perturb"}, sort_keys=True)
-    known = anomaly.cached_nll(model, args.score, {"train": ds.train_images(args.seed), "test": ds.test}, key,
-                               args.eval_batch_size, args.quiet)
+    known = anomaly.cached_nll(model, args.score, {"train": ds.train_images(), "valid": ds.valid, "test": ds.test},
+                               key, args.eval_batch_size, args.quiet)
     bg_test = (anomaly.cached_nll(background, args.background, {"test": ds.test}, key, args.eval_batch_size,
                                   args.quiet)["test"] if background else None)
 
@@ -358,22 +363,29 @@ def score_checkpoint(args) -> None:
     in_nll = float(inliers["nll"].mean())
     p_test = anomaly.p_values(inliers["nll"], known["train"])
     print(f"in distribution: the test set of {ds.describe()}, {len(ds.test)} images, NLL {in_nll:.2f} nats "
-          f"({bits(in_nll):.4f} bits/dim); training set {known['train'].mean():.2f} nats; "
-          f"{np.mean(p_test <= args.fpr):.3f} of the test images have p <= {args.fpr:g}")
+          f"({bits(in_nll):.4f} bits/dim); training set {known['train'].mean():.2f}, validation "
+          f"{known['valid'].mean():.2f} nats; {np.mean(p_test <= args.fpr):.3f} of the test images have "
+          f"p <= {args.fpr:g}")
     report = {"checkpoint": args.score, "background": args.background, "data": ds.describe(), "fpr": args.fpr,
               "in_distribution": {"n": len(ds.test), "nll": in_nll, "bits_per_dim": bits(in_nll),
                                   "train_nll": float(known["train"].mean()),
+                                  "valid_nll": float(known["valid"].mean()),
                                   "flagged_by_p_value": float(np.mean(p_test <= args.fpr))},
               "sets": {}}
+    pictures, used = {}, set()
+    for i, name in enumerate(sets):   # one file per set, also for folders of the same name
+        base = safe_name(name) if safe_name(name) not in used else f"{safe_name(name)}-{i}"
+        used.add(base)
+        pictures[name] = os.path.join(out_dir, f"scores-{base}.png")
     for name, (what, x) in sets.items():
         outliers = per_example(x, what=name)
-        scores, rows = anomaly.compare(inliers, outliers, known["train"], args.fpr, seed=args.seed)
+        scores, rows = anomaly.compare(inliers, outliers, known["train"], known["valid"], args.fpr, seed=args.seed)
         out_nll = float(outliers["nll"].mean())
         verdict = ": more probable on average than the test set" if out_nll < in_nll else ""
         print(f"\nagainst {name}: {what}, {len(x)} images, NLL {out_nll:.2f} nats ({bits(out_nll):.4f} bits/dim)"
               f"{verdict}")
         print(anomaly.score_table(rows, args.fpr))
-        picture = os.path.join(out_dir, f"scores-{safe_name(name)}.png")
+        picture = pictures[name]
         anomaly.write_histograms(picture, f"{ds.describe()} (in) against {name} (out)",
                                  {k: v[0] for k, v in scores.items()}, {k: v[1] for k, v in scores.items()})
         report["sets"][name] = {"description": what, "n": len(x), "nll": out_nll, "bits_per_dim": bits(out_nll),

@@ -12,7 +12,7 @@ metrics at the end compare any of them (out-of-distribution examples are the pos
     complexity         Serra et al. 2020: S(x) = -log2 p(x) - L(x), L(x) the length in bits
                        of x under a lossless compressor (PNG, zlib)
     typicality         Nalisnick et al. 2019, for batches of B inputs: |mean nll - H|, H the
-                       model's entropy estimated by the training set's mean nll
+                       model's entropy estimated by held-out training data's mean nll
 
 The raw likelihood is known to fail: simple inputs (flat, low-complexity images) can be
 more probable under a model than its own test data. The ratio and the complexity
@@ -122,9 +122,14 @@ def png_bits(images) -> np.ndarray:
 
 
 def zlib_bits(images) -> np.ndarray:
-    """The length in bits of each example (N, ...) under zlib at level 9, one byte per value
-    (runs of equal values are then byte runs, which DEFLATE finds)."""
-    return np.array([8 * len(zlib.compress(np.ascontiguousarray(x, np.uint8).tobytes(), 9)) for x in images])
+    """The length in bits of each example (N, ...) of byte values under zlib at level 9.
+    Binary data (every value 0 or 1) are packed 8 values to a byte along the last axis, as a
+    1-bit PNG stores its rows: one byte per binary value would leave DEFLATE's Huffman codes,
+    at least a bit per byte, far above the data's own code length."""
+    x = np.asarray(images, np.uint8)
+    if x.size and x.max() <= 1:
+        x = np.packbits(x, axis=-1)
+    return np.array([8 * len(zlib.compress(np.ascontiguousarray(e).tobytes(), 9)) for e in x])
 
 
 def complexity_score(nll, bits) -> np.ndarray:
@@ -208,14 +213,18 @@ def metrics(inliers, outliers) -> dict:
 
 
 # ----------------------------------------------------------------------------- side by side
-def compare(inliers: dict, outliers: dict, reference_nll, fpr: float = 0.01, batch_sizes=(1, 5, 10, 25),
+def compare(inliers: dict, outliers: dict, train_nll, valid_nll, fpr: float = 0.01, batch_sizes=(1, 5, 10, 25),
             seed: int = 0) -> tuple[dict, dict]:
     """Every score of in- against out-of-distribution examples.
 
     Args:
         inliers, outliers: per-example arrays: "nll" (nats), and optionally "background_nll"
             (for the likelihood ratio), "png_bits" / "zlib_bits" (for the complexity scores).
-        reference_nll: the training set's nll (p-values; typicality's entropy and threshold).
+        train_nll: the training set's nll: PixelDefend's reference for p-values.
+        valid_nll: held-out training data's nll (a validation split): the typicality test's
+            entropy estimate and bootstrap, as Nalisnick et al. do, so that its threshold
+            keeps its false-positive rate on unseen data even where the model fits its
+            training set more closely than the rest of the distribution.
         fpr: the false-positive rate the p-value's and the typicality test's thresholds are
             set at (p <= fpr; the bootstrap quantile).
         batch_sizes: the typicality test's batch sizes B (a B larger than either set is left out).
@@ -228,7 +237,7 @@ def compare(inliers: dict, outliers: dict, reference_nll, fpr: float = 0.01, bat
     rng = np.random.default_rng(seed)
     nin, nout = np.asarray(inliers["nll"], np.float64), np.asarray(outliers["nll"], np.float64)
     scores, flagged = {"NLL": (nin, nout)}, {}
-    p_in, p_out = p_values(nin, reference_nll), p_values(nout, reference_nll)
+    p_in, p_out = p_values(nin, train_nll), p_values(nout, train_nll)
     scores["1 - p-value"] = (1 - p_in, 1 - p_out)
     flagged["1 - p-value"] = (float(np.mean(p_out <= fpr)), float(np.mean(p_in <= fpr)))
     if "background_nll" in inliers:
@@ -241,7 +250,7 @@ def compare(inliers: dict, outliers: dict, reference_nll, fpr: float = 0.01, bat
     for b in batch_sizes:
         if b > min(len(nin), len(nout)):
             continue
-        entropy, eps = typicality_threshold(reference_nll, b, fpr, rng)
+        entropy, eps = typicality_threshold(valid_nll, b, fpr, rng)
         t_in, t_out = (np.abs(batch_means(v, b, rng) - entropy) for v in (nin, nout))
         scores[f"typicality B={b}"] = (t_in, t_out)
         flagged[f"typicality B={b}"] = (float(np.mean(t_out > eps)), float(np.mean(t_in > eps)))

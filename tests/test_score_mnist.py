@@ -178,3 +178,27 @@ def test_score_against_other_data_binary_or_grey(labelled, runs, tmp_path, capsy
     assert nll[0] == pytest.approx(nll[1], rel=0.1)         # the same kind of noise either way
     assert "binary as given" in report["sets"][str(binary)]["description"]
     assert (tmp_path / "s" / "scores-grey.png").exists() and (tmp_path / "s" / "scores-binary.png").exists()
+
+
+def test_sets_of_the_same_name_get_a_picture_each(runs, tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    folders = [tmp_path / side / "data" for side in ("a", "b")]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        for split, n in (("train", 4), ("t10k", 30)):
+            datasets.write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 8, 8), dtype=np.uint8))
+    train_mnist.main([str(a) for a in ["--score", runs / "model" / "best.npz", "--against", ",".join(map(str, folders)),
+                                       "--out", tmp_path / "s", "--quiet"]])
+    report = json.loads((tmp_path / "s" / "scores.json").read_text())
+    pictures = [report["sets"][str(f)]["histograms"] for f in folders]
+    assert len(set(pictures)) == 2 and all(os.path.exists(p) for p in pictures)
+
+
+def test_scoring_without_matplotlib_stops_before_any_work(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main([str(a) for a in ["--score", runs / "model" / "best.npz", "--out", tmp_path / "s", "--quiet"]])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "matplotlib" in err[0] and "pip install" in err[0]
+    assert not (tmp_path / "s").exists()
