@@ -85,7 +85,10 @@ def cached_nll(model, checkpoint: str, sets: dict, data: str, batch_size=None, q
         else:
             out[name], new = example_nll(model, x, batch_size, desc=f"nll of {name}", quiet=quiet), True
     if new:
-        save_checkpoint(cache, {**kept, **out}, {"checkpoint_sha256": digest, "data": data})
+        try:
+            save_checkpoint(cache, {**kept, **out}, {"checkpoint_sha256": digest, "data": data})
+        except OSError as e:   # a read-only folder: the scores need no cache, only a rerun does
+            print(f"note: could not keep the likelihoods in {cache} ({e.strerror or e}); the next run recomputes them")
     return out
 
 
@@ -94,7 +97,8 @@ def p_values(nll, reference_nll) -> np.ndarray:
     """PixelDefend's p-value of each example: (1 + #{reference examples as or less likely})
     / (N + 1), i.e. the rank of its likelihood among the reference set's. Small = unusually
     improbable; for an example drawn like the reference examples (and independent of the
-    model) it is uniform on {1, ..., N+1} / (N+1)."""
+    model) it is uniform on {1, ..., N+1} / (N+1), or with tied likelihoods conservative:
+    P(p <= u) <= u."""
     ref = np.sort(np.asarray(reference_nll, np.float64))
     nll = np.asarray(nll, np.float64)
     # reference examples with likelihood <= x's are those with nll >= x's

@@ -162,3 +162,20 @@ def test_cached_nll_is_kept_and_refused_when_the_checkpoint_changes(tmp_path, ca
     finally:
         anomaly.example_nll = real
     assert "another checkpoint or other data" in capsys.readouterr().out
+
+
+def test_a_cache_that_cannot_be_written_costs_only_a_note(tmp_path, capsys, monkeypatch):
+    from nanoar.training import save_run
+
+    model = build_model("made", {"d": 8, "hidden_sizes": [8], "seed": 0})
+    ckpt = str(tmp_path / "best.npz")
+    save_run(ckpt, model, script="train_mnist")
+    x = model.sample(10, seed=0)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(anomaly, "save_checkpoint", read_only)
+    got = anomaly.cached_nll(model, ckpt, {"train": x}, "data")
+    np.testing.assert_allclose(got["train"], -model.log_prob(x).data, rtol=1e-6)
+    assert "could not keep" in capsys.readouterr().out
