@@ -117,7 +117,7 @@ def parse_args(argv=None):
                    help="anomaly scores: the checkpoint's test set (or --dataset's) against --against; writes "
                         "scores.json and histograms to --out (default: the checkpoint's folder)")
     p.add_argument("--against", type=set_list, default=None, metavar="SET,...",
-                   help=f"with --score: data sets as --dataset takes them, or built-in ones: "
+                   help=f"with --score: data set names or IDX folders (their t10k file is scored), or built-in ones: "
                         f"{', '.join(datasets.OUTLIER_SETS)}, {HELD_OUT} (default: every built-in one)")
     p.add_argument("--background", type=path, metavar="CHECKPOINT",
                    help="with --score: a background model (a run with --perturb) for the likelihood ratio")
@@ -296,7 +296,7 @@ def outlier_set(name, ds, held_out, data_dir, seed) -> tuple[str, np.ndarray]:
         if not len(held_out):
             raise UserError(f"{HELD_OUT}: the data have no test images outside the training classes")
         return "the test images of the classes the model was not trained on", ds.binarize(held_out, seed)
-    other = load_images(name, data_dir)
+    other = datasets.load_idx_folder(name, test_only=True) if os.path.isdir(name) else load_images(name, data_dir)
     if other.test.shape[1:] != ds.test.shape[2:]:
         raise UserError(f"--against {name}: its images are {'x'.join(map(str, other.test.shape[1:]))}, the model's "
                         f"{'x'.join(map(str, ds.test.shape[2:]))}")

@@ -202,3 +202,16 @@ def test_scoring_without_matplotlib_stops_before_any_work(runs, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "matplotlib" in err[0] and "pip install" in err[0]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_folder_of_test_images_alone_can_be_scored_against(runs, tmp_path, capsys):
+    folder = tmp_path / "only-test"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    datasets.write_idx(folder / "t10k-images-idx3-ubyte.gz", (rng.random((20, 8, 8)) < 0.5).astype(np.uint8) * 255)
+    train_mnist.main([str(a) for a in ["--score", runs / "model" / "best.npz", "--against", folder,
+                                       "--out", tmp_path / "s", "--quiet"]])
+    report = json.loads((tmp_path / "s" / "scores.json").read_text())
+    entry = report["sets"][str(folder)]
+    assert entry["n"] == 20 and "binary as given" in entry["description"]
+    assert entry["scores"]["NLL"]["auroc"] > 0.9   # noise, to a model of bars

@@ -382,9 +382,11 @@ def load_images(
     )
 
 
-def load_idx_folder(folder: str) -> ImageSplits:
+def load_idx_folder(folder: str, test_only: bool = False) -> ImageSplits:
     """Your own MNIST-style data: a folder with train-images-idx3-ubyte and
     t10k-images-idx3-ubyte (each optionally .gz) holding uint8 images (N, H, W).
+    With ``test_only`` (data only to be scored) the t10k file alone is read, and
+    ``train`` comes back empty.
 
     No checksums (the files are yours); the format and dtype are checked, and
     there must be at least 2 training images (some to train on, some to hold
@@ -402,7 +404,8 @@ def load_idx_folder(folder: str) -> ImageSplits:
         raise DataError(f"{folder}: no {stem} or {stem}.gz in this folder")
 
     arrays, paths = [], []
-    for stem, least in (("train-images-idx3-ubyte", 2), ("t10k-images-idx3-ubyte", 1)):
+    stems = (("train-images-idx3-ubyte", 2), ("t10k-images-idx3-ubyte", 1))
+    for stem, least in stems[1:] if test_only else stems:
         path = find(stem)
         arr = read_idx(path)
         if arr.dtype != np.uint8 or arr.ndim != 3 or 0 in arr.shape[1:]:
@@ -414,6 +417,10 @@ def load_idx_folder(folder: str) -> ImageSplits:
             )
         arrays.append(arr)
         paths.append(path)
+    if test_only:
+        test, level = arrays[0], pixel_levels(arrays[0])
+        test = (test == 255).astype(np.uint8) if level == "0/255" else test
+        return ImageSplits(os.path.abspath(folder), test[:0], test, binary=level != "grey")
     if arrays[0].shape[1:] != arrays[1].shape[1:]:
         raise DataError(f"{folder}: train images are {arrays[0].shape[1:]} but test images {arrays[1].shape[1:]}")
     labels = _idx_folder_labels(folder, arrays, find)
