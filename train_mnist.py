@@ -92,7 +92,7 @@ def parse_args(argv=None):
     p.add_argument("--channels", type=positive_int, default=64, help="PixelCNN channels")
     p.add_argument("--layers", type=positive_int, default=5, help="PixelCNN residual blocks / gated layers")
     p.add_argument("--dataset", type=path, default="mnist",
-                   help="mnist | fashion-mnist | binarized-mnist | a folder of IDX files (with --eval or --sample: "
+                   help="mnist | fashion-mnist | binarized-mnist | a folder of IDX files (with --eval, --sample or --score: "
                         "other data for the checkpoint's model)")
     p.add_argument("--binarization", choices=("threshold", "dynamic", "fixed"), default=None,
                    help="default: fixed for data that are already binary, else threshold")
