@@ -398,21 +398,6 @@ def reference_lines(meta, args):
     return lines
 
 
-def score_folder(args) -> str:
-    """Where scores.json goes: --out (made if need be), else the checkpoint's folder;
-    checked to be writable before any scoring."""
-    folder = args.out or os.path.dirname(args.score) or "."
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"argument --out: {folder} is a file, not a folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write scores.json to {folder}: {e.strerror}; choose another --out") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write scores.json to {folder}: permission denied; choose another --out")
-    return folder
-
-
 def score(args) -> None:
     """--score CHECKPOINT --text FILE: score FILE's lines, list the least likely, write
     scores.json. Everything is checked before the model scores anything."""
@@ -428,7 +413,7 @@ def score(args) -> None:
     except ValueError as e:
         raise UserError(f"{args.score}: its vocabulary is unusable ({e})") from None
     reference = reference_lines(meta, args)
-    folder = score_folder(args)
+    folder = training.output_folder(args.out or os.path.dirname(args.score) or ".")
 
     bar = training.progress(total=len(lines) + len(reference), desc="scoring lines", disable=args.quiet)
     nll, reasons = score_lines(model, vocab, lines, bar=bar)

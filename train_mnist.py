@@ -46,16 +46,8 @@ SCORE_FLAGS = ("against", "background", "fpr")
 SETTINGS = ("batch_size", "max_steps_per_epoch", "epochs", "lr", "clip")
 
 
-def threshold(text):
-    """An argparse type: a binarization threshold in [0, 1)."""
-    value = training.nonnegative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1) (a fraction of the grey scale), got {text}")
-    return value
-
-
 def rate(text):
-    """An argparse type: a probability in [0, 1)."""
+    """An argparse type: a fraction in [0, 1) (a probability, or a threshold on the grey scale)."""
     value = training.nonnegative_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
@@ -96,7 +88,7 @@ def parse_args(argv=None):
                         "other data for the checkpoint's model)")
     p.add_argument("--binarization", choices=("threshold", "dynamic", "fixed"), default=None,
                    help="default: fixed for data that are already binary, else threshold")
-    p.add_argument("--threshold", type=threshold, default=0.5, help="grey level in [0, 1) above which a pixel is 1")
+    p.add_argument("--threshold", type=rate, default=0.5, help="grey level in [0, 1) above which a pixel is 1")
     p.add_argument("--classes", type=class_list, default=None, metavar="C1,C2,...",
                    help="train on the images of these classes only (the data's label files; score the other "
                         f"classes with --score ... --against {HELD_OUT})")
@@ -336,10 +328,7 @@ def score_checkpoint(args) -> None:
     background = load_background(args.background, model) if args.background else None
     names = args.against or [*datasets.OUTLIER_SETS, *([HELD_OUT] if held_out is not None else [])]
     sets = {name: outlier_set(name, ds, held_out, args.data_dir, args.seed) for name in names}
-    out_dir = args.out or os.path.dirname(args.score) or "."
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"argument --out: {out_dir} is a file; give a folder for the scores")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = training.output_folder(args.out or os.path.dirname(args.score) or ".")
 
     t = time.perf_counter()
     key = json.dumps({k: v for k, v in spec.items() if k != "perturb"}, sort_keys=True)

@@ -209,6 +209,20 @@ def configure(device, seed: int) -> None:
         raise UsageError(f"$NANOAR_DEVICE: {e}") from None
 
 
+def output_folder(path: str) -> str:
+    """`path` as the folder a command writes to (--out): made if need be, refused in one
+    line if it is a file or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"argument --out: {path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot use --out {path}: {e.strerror}; choose a folder you can write to") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"cannot use --out {path}: permission denied; choose a folder you can write to")
+    return path
+
+
 class RunFolder:
     """The folder of one run (`last.npz`, `best.npz`, `log.jsonl`), held for the run's life:
 
@@ -230,10 +244,8 @@ class RunFolder:
         self.path = path
         self.last, self.best, self.log_path = (os.path.join(path, n) for n in self.NAMES)
         self.log = JsonLog(self.log_path)
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise UsageError(f"argument --out: {path} is a file, not a folder")
+        output_folder(path)
         try:
-            os.makedirs(path, exist_ok=True)
             self._lock = open(os.path.join(path, ".lock"), "a+")
         except OSError as e:
             raise UserError(f"cannot use --out {path}: {e.strerror}; choose a folder you can write to") from None
