@@ -255,6 +255,23 @@ class Embedding(Module):
         return embedding(self.weight, ids, check)
 
 
+class LabelBias(Module):
+    """A class-dependent bias: a learned row per class, added to a layer's pre-activation so
+    that every conditional of a model also sees the label y (Conditional PixelCNN's V^T h with
+    h the one-hot y). y: int (N,) in [0, n_labels) -> (N, width, 1, ..., 1), `trailing`
+    singleton axes so that it broadcasts over the layer's spatial axes.
+
+    Zero at initialisation: a conditional model starts as its unconditional one.
+    """
+
+    def __init__(self, n_labels: int, width: int):
+        self.weight = init_constant((n_labels, width), 0.0)
+
+    def forward(self, y, trailing: int = 0):
+        rows = embedding(self.weight, y, check=False)     # (N, width): the labels were checked
+        return rows.reshape(*rows.shape, *(1,) * trailing) if trailing else rows
+
+
 class LayerNorm(Module):
     """Normalise the last axis to zero mean, unit variance, then scale and shift: (..., D)."""
 

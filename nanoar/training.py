@@ -350,14 +350,16 @@ class EpochBatches:
     """Shuffled batches of a data set, epoch after epoch: `data.train_batches(size, rng)` is
     one epoch's iterator; `steps_per_epoch` may cut epochs short; each batch is reshaped to
     (B, *shape) (the model's event shape) and, with `perturb`, has that fraction of its
-    values randomised."""
+    values randomised. With `labels`, a batch is (x, y): the images and their classes, for
+    a class-conditional model."""
 
     carry, unit = None, "examples"
 
     def __init__(self, data, batch_size: int, steps_per_epoch: int, shape: tuple, saved: dict | None = None,
-                 seed: int = 0, perturb: float = 0.0):
+                 seed: int = 0, perturb: float = 0.0, labels: bool = False):
         self.data, self.batch_size, self.steps_per_epoch, self.shape = data, batch_size, steps_per_epoch, shape
         self.perturb = perturb   # > 0: a background model's inputs (`datasets.perturb_pixels`)
+        self.labels = labels
         saved = saved or {"epoch": 0, "batch": 0, "rng": rng_state(np.random.default_rng(seed))}
         self.epoch = saved["epoch"]
         self._start_epoch(rng_from_state(saved["rng"]))
@@ -366,17 +368,18 @@ class EpochBatches:
 
     def _start_epoch(self, rng) -> None:
         self.rng, self.rng_at_start, self.batch = rng, rng_state(rng), 0
-        self._batches = self.data.train_batches(self.batch_size, rng)
+        self._batches = self.data.train_batches(self.batch_size, rng, with_labels=self.labels)
 
     def next(self):
         if self.batch == self.steps_per_epoch:
             self.epoch += 1
             self._start_epoch(self.rng)
         self.batch += 1
-        x = next(self._batches)
+        x, y = next(self._batches) if self.labels else (next(self._batches), None)
         if self.perturb:  # drawn from the epoch's generator, so a resumed run replays it
             x = perturb_pixels(x, self.perturb, self.rng)
-        return x.reshape(len(x), *self.shape)
+        x = x.reshape(len(x), *self.shape)
+        return x if y is None else (x, y.astype(np.int64))
 
     def state(self) -> dict:
         if self.batch == self.steps_per_epoch:  # at an epoch's end: the next one starts here
@@ -471,8 +474,10 @@ def train(model, optimizer, batches, run: RunFolder, *, max_steps: int, eval_eve
         while optimizer.step_count < max_steps:
             if lr_at is not None:
                 optimizer.lr = lr_at(optimizer.step_count)
-            x = batches.next()
-            loss, batches.carry = model.training_loss(backend.to_device(x), batches.carry)
+            batch = batches.next()
+            x, y = batch if isinstance(batch, tuple) else (batch, None)   # y: the labels, for a conditional model
+            loss, batches.carry = model.training_loss(backend.to_device(x), batches.carry,
+                                                      y=None if y is None else backend.to_device(y))
             optimizer.zero_grad()
             loss.backward()
             value = loss.item()

@@ -37,7 +37,7 @@ def orderings(model):
 
 def logits(model, x, k=None):
     """The logits of mask set k's conditionals: (N, D) -> Tensor (N, D)."""
-    return model.distribution(model.as_input(x), k).logits
+    return model.distribution(model.as_input(x), k=k).logits
 
 
 class OneMask:
@@ -125,7 +125,7 @@ def test_every_mask_set_is_normalised_and_autoregressive_in_its_ordering(float64
     x = binary(2, config["d"], config["seed"])
     for k in range(model.num_masks):
         assert_normalised(OneMask(model, k), atol=1e-6)
-        assert_jacobian_autoregressive(lambda t: model.distribution(t, k).logits, x, orderings(model)[k])
+        assert_jacobian_autoregressive(lambda t: model.distribution(t, k=k).logits, x, orderings(model)[k])
 
 
 def test_explicit_ordering_is_respected(float64):
@@ -322,7 +322,7 @@ def test_bad_data_is_refused():
 
 # ============================================================================ GaussianMADE
 def gaussian_params(model, x, k=None):
-    dist = model.distribution(model.as_input(x), k)
+    dist = model.distribution(model.as_input(x), k=k)
     return dist.mean.numpy(), dist.log_std.numpy()
 
 

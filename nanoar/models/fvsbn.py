@@ -53,12 +53,12 @@ class FVSBN(AutoregressiveModel):
     def config(self) -> dict:
         return {"d": self.d}
 
-    def distribution(self, x) -> Bernoulli:
+    def distribution(self, x, y=None) -> Bernoulli:
         """p(x_i = 1 | x_<i) = sigmoid(l_i), l_i = b_i + sum_{j<i} W_ij x_j, for every i at once."""
         logits = matmul(x, (self.W * self.mask).T) + self.b  # (N, D) @ (D, D) + (D,) -> (N, D)
         return Bernoulli(logits)
 
-    def sample_fast(self, noise):
+    def sample_fast(self, noise, y=None):
         """Ancestral sampling on plain arrays: step i needs only x_<i, so its logit is the dot
         product of x_<i with the first i entries of row i of W (the mask would zero the rest),
         O(n D^2) in all instead of D full passes. x_i = [u_i < sigmoid(l_i)], the rule of

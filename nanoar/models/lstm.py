@@ -117,7 +117,7 @@ class CharLSTM(SequenceModel):
         return state
 
     # ------------------------------------------------------------------ likelihood
-    def distribution(self, a) -> Categorical:
+    def distribution(self, a, y=None) -> Categorical:
         """p(x_t | x_<t) for every t: checked ids (N, T) -> Categorical over (N, T)."""
         return Categorical(self._read(a, self.initial_state(a.shape[0]))[0])
 
@@ -132,9 +132,10 @@ class CharLSTM(SequenceModel):
         logits, final = self._read(a, self._check_state(state, a.shape[0]))
         return Categorical(logits).log_prob(a, check=False), final
 
-    def training_loss(self, x, state: LSTMState | None = None):
+    def training_loss(self, x, state: LSTMState | None = None, y=None):
         """The mean NLL per id of a chunk that continues `state` (None: a fresh start), and
         the state to pass with the next chunk (consecutive chunks: truncated BPTT)."""
+        self.check_labels(y, len(x))
         lp, state = self.log_prob_chunk(x, state)
         return -batch_mean(lp), state
 
@@ -152,7 +153,7 @@ class CharLSTM(SequenceModel):
         return self.forward_embedded(concatenate([bos, e[:, :-1]], axis=1), state)[0]
 
     # ------------------------------------------------------------------ sampling
-    def next_logits(self, prefix):
+    def next_logits(self, prefix, y=None):
         """The logits (n, K) of x_t given prefix = x_<t (n, t): the whole prefix from the
         initial state."""
         xp = backend.array_module(prefix)
@@ -175,7 +176,7 @@ class CharLSTM(SequenceModel):
         logits = x @ self.head.weight.data + self.head.bias.data           # (N, K)
         return logits, LSTMState(tuple(hs), tuple(cs), state.last)
 
-    def sample_fast(self, out, p: int, rng, temperature: float, top_k: int) -> None:
+    def sample_fast(self, out, p: int, rng, temperature: float, top_k: int, y=None) -> None:
         """Carry the state: read the prompt out[:, :p] in one pass, then one `step` per id."""
         state = self.initial_state(out.shape[0])
         if p:

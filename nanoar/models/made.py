@@ -206,12 +206,12 @@ class MADE(AutoregressiveModel):
             h = act(layer(h))        # (N, H_l): act(h (W_l * M_l) + b_l)
         return h
 
-    def distribution(self, x, k=None) -> Bernoulli:
+    def distribution(self, x, y=None, k=None) -> Bernoulli:
         """The conditionals p_k(x_i | x_<i) of mask set k (default: the current one)."""
         h = self.hidden_units(x, k)     # (N, H_L)
         return Bernoulli(self.head(h))  # logits (N, D): h (W * M) + b
 
-    def log_prob_per_variable(self, x, k=None):
+    def log_prob_per_variable(self, x, y=None, k=None):
         """log p_k(x_i | x_<i) under mask set k: (N, D) -> Tensor (N, D).
 
         With K > 1, k must be given: the mixture has no single set of D conditionals.
@@ -221,34 +221,34 @@ class MADE(AutoregressiveModel):
                              f"{self.num_masks} autoregressive models and has no per-variable factorisation; "
                              "pass k=<mask index> for one mask set's conditionals, or use log_prob(x)")
         x = self.as_input(x)
-        return self.distribution(x, k).log_prob(x)
+        return self.distribution(x, k=k).log_prob(x)
 
     def log_prob_mask(self, x, k=None):
         """log p_k(x) of one mask set (default: the current one): (N, D) -> Tensor (N,)."""
         x = self.as_input(x)
-        return self.distribution(x, k).log_prob(x).sum(axis=1)
+        return self.distribution(x, k=k).log_prob(x).sum(axis=1)
 
-    def log_prob(self, x):
+    def log_prob(self, x, y=None, observed=None):
         """Exact log-likelihood: log p(x) = logsumexp_k log p_k(x) - log K: (N, D) -> (N,)."""
         if self.num_masks == 1:
-            return super().log_prob(x)
+            return super().log_prob(x, y, observed)
         x = self.as_input(x)
-        per_mask = stack([self.distribution(x, k).log_prob(x).sum(axis=1) for k in range(self.num_masks)])  # (K, N)
+        per_mask = stack([self.distribution(x, k=k).log_prob(x).sum(axis=1) for k in range(self.num_masks)])  # (K, N)
         return logsumexp(per_mask, axis=0) - math.log(self.num_masks)  # (N,)
 
-    def training_loss(self, x, state=None):
+    def training_loss(self, x, state=None, y=None):
         """One step of order- and connectivity-agnostic training: the next mask set, and the
         mean of -log p_k(x) under it (for K = 1, the mean negative log-likelihood)."""
         self.next_mask()
         return -batch_mean(self.log_prob_mask(x)), state
 
     # ---------------------------------------------------------------- sampling
-    def _sample(self, n: int, rng, method: str):
+    def _sample(self, n: int, rng, method: str, y=None, given=None, observed=None):
         """For K > 1, samples of the mixture: first v ~ U[0, 1)^n picks mask set
         k = floor(K v) per sample, then the noise (n, D) is drawn and each mask set's
         samples are drawn ancestrally in its ordering by `method`."""
         if self.num_masks == 1:
-            return super()._sample(n, rng, method)
+            return super()._sample(n, rng, method, y, given, observed)
         which = np.minimum((backend.to_numpy(rng.random(n)) * self.num_masks).astype(np.int64), self.num_masks - 1)
         noise = self.sample_noise(rng, n)
         x = backend.xp().empty((n, self.d), self.dtype)
@@ -264,7 +264,7 @@ class MADE(AutoregressiveModel):
             self.mask_index = current
         return x
 
-    def sample_fast(self, noise):
+    def sample_fast(self, noise, y=None):
         """The samples of `sample_naive(noise)` under the current mask set, each hidden unit
         computed once, in degree order (`kernels.made.sample_by_degree`)."""
         k = self.mask_index
@@ -312,7 +312,7 @@ class GaussianMADE(MADE):
     def _heads(self) -> list:
         return [self.mean_head, self.log_std_head]
 
-    def distribution(self, x, k=None) -> Gaussian:
+    def distribution(self, x, y=None, k=None) -> Gaussian:
         """The conditionals N(mu_i, sigma_i^2) of mask set k (default: the current one)."""
         h = self.hidden_units(x, k)                              # (N, H_L)
         return Gaussian(self.mean_head(h), self.log_std_head(h))  # mean, log_std: (N, D) each

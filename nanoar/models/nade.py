@@ -61,7 +61,7 @@ class NADE(AutoregressiveModel):
     def config(self) -> dict:
         return {"d": self.d, "hidden": self.hidden}
 
-    def distribution(self, x) -> Bernoulli:
+    def distribution(self, x, y=None) -> Bernoulli:
         """p(x_i = 1 | x_<i) = sigmoid(b_i + V_i . sigmoid(a_i)) for every i, the a_i as one
         running sum over the variables."""
         if self.fused:
@@ -75,7 +75,7 @@ class NADE(AutoregressiveModel):
         logits = (h * self.V).sum(axis=-1) + self.b              # (N, D): l_i = b_i + V_i . h_i
         return Bernoulli(logits)
 
-    def sample_fast(self, noise):
+    def sample_fast(self, noise, y=None):
         """Ancestral sampling with the recurrence, on plain arrays: after drawing x_i the
         pre-activation is updated in place, a += W[:, i] x_i, so step i costs O(n H) and never
         revisits x_<i. x_i = [u_i < sigmoid(l_i)], the rule of `Bernoulli.draw`.

@@ -62,7 +62,7 @@ class _RasterImageModel(AutoregressiveModel):
         self.width = _check_positive("width", width)
         self.event_shape = (1, self.height, self.width)
 
-    def distribution(self, x: Tensor) -> Bernoulli:
+    def distribution(self, x: Tensor, y=None) -> Bernoulli:
         """p(x_ij = 1 | x_<ij) = sigmoid(f_ij) for every pixel at once: x (N, 1, H, W) ->
         Bernoulli over (N, 1, H, W)."""
         return Bernoulli(self.forward(x))
@@ -113,7 +113,7 @@ class PixelCNN(_RasterImageModel):
         h = relu(self.out1(h))              # (N, C_head, H, W)
         return self.out2(h)                 # (N, 1, H, W): f_ij
 
-    def sample_fast(self, noise):
+    def sample_fast(self, noise, y=None):
         """noise (n, H W) -> x (n, H W), equal to `sample_naive(noise)`: per-layer caches."""
         return sample_pixelcnn_cached(self, noise)
 
@@ -186,6 +186,6 @@ class GatedPixelCNN(_RasterImageModel):
         h = relu(self.out1(relu(h)))                           # (N, C_head, H, W)
         return self.out2(h)                                    # (N, 1, H, W): f_ij
 
-    def sample_fast(self, noise):
+    def sample_fast(self, noise, y=None):
         """noise (n, H W) -> x (n, H W), equal to `sample_naive(noise)`: row and pixel caches."""
         return sample_gated_cached(self, noise)

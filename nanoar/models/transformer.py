@@ -164,7 +164,7 @@ class CharTransformer(SequenceModel):
         return xp.concatenate([xp.full((a.shape[0], 1), self.bos, a.dtype), a], axis=1)
 
     # ------------------------------------------------------------------ likelihood
-    def distribution(self, a) -> Categorical:
+    def distribution(self, a, y=None) -> Categorical:
         """p(x_t | x_<t) for every t: checked ids (N, T) -> Categorical over (N, T)."""
         return Categorical(self._logits(self.tok(self._with_bos(a[:, :-1]), check=False)))
 
@@ -201,13 +201,13 @@ class CharTransformer(SequenceModel):
         return concatenate([first, rest.reshape(n, t - c, self.n_classes)], axis=1)  # (N, T, K)
 
     # ------------------------------------------------------------------ sampling
-    def next_logits(self, prefix):
+    def next_logits(self, prefix, y=None):
         """The logits (n, K) of x_t given prefix = x_<t (n, t): one pass over the window
         [BOS, x_{t-context+1}, ..., x_{t-1}] (all of x_<t while t < context)."""
         window = prefix[:, max(0, prefix.shape[1] - self.context + 1):]
         return self.forward(self._with_bos(window)).data[:, -1]
 
-    def sample_fast(self, out, p: int, rng, temperature: float, top_k: int) -> None:
+    def sample_fast(self, out, p: int, rng, temperature: float, top_k: int, y=None) -> None:
         """A KV cache while t < context: the prompt's positions in one pass, then one new
         position per step; past the context, the window as in `next_logits`."""
         n, length = out.shape

@@ -139,7 +139,7 @@ class WaveNet(SequenceModel):
             return fused_logits(self, a)     # the same function (nanoar.kernels.wavenet)
         return self.forward(self.input_columns(self.encode(a)))          # (N, K, T)
 
-    def distribution(self, a) -> Categorical:
+    def distribution(self, a, y=None) -> Categorical:
         """p(x_t | x_<t) for every t, in one pass: checked ids (N, T) -> Categorical over
         (N, T), logits (N, K, T)."""
         return Categorical(self.logits(a), axis=1)
@@ -157,7 +157,7 @@ class WaveNet(SequenceModel):
         return transpose(self.forward(self.input_columns(e)), (0, 2, 1))
 
     # ------------------------------------------------------------------ sampling
-    def next_logits(self, prefix):
+    def next_logits(self, prefix, y=None):
         """The logits (n, K) of x_t given prefix = x_<t (n, t): one pass of the network over
         the last R ids, all that x_t sees, and a stand-in for x_t, which the last output
         column does not read. Nothing is cached; t = 0 is allowed."""
@@ -167,7 +167,7 @@ class WaveNet(SequenceModel):
         a = xp.concatenate([window, xp.zeros((n, 1), window.dtype)], axis=1)       # (n, min(t, R) + 1)
         return self.logits(a).data[:, :, -1]
 
-    def sample_fast(self, out, p: int, rng, temperature: float, top_k: int) -> None:
+    def sample_fast(self, out, p: int, rng, temperature: float, top_k: int, y=None) -> None:
         """Fill out[:, p:] with one column per layer and step, from per-layer queues of past
         columns (`QueueSampler`): the same draws as the naive loop."""
         QueueSampler(self, out.shape[0]).run(out, p, rng, temperature, top_k)
