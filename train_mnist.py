@@ -8,6 +8,8 @@ negative log-likelihood and draw samples.
     python train_mnist.py --eval runs/made/best.npz           # test NLL of a checkpoint
     python train_mnist.py --sample runs/made/best.npz         # a sample grid
     python train_mnist.py --score runs/made/best.npz --against mnist,noise   # anomaly scores
+    python train_mnist.py --dataset fashion-mnist --conditional               # p(x | class)
+    python train_mnist.py --complete runs/pixelcnn/best.npz --mask top        # fill in the bottom half
 
 `--dataset` is mnist, fashion-mnist, binarized-mnist (Larochelle & Murray's fixed
 binarization) or a folder holding IDX files (train-images-idx3-ubyte[.gz] and
@@ -18,6 +20,14 @@ Anomaly detection (`--score`, `nanoar.anomaly`): the checkpoint's test set again
 of `--against` -- a data set as `--dataset` takes it, or a built-in one: noise, bernoulli,
 constant, inverted, vflip, hflip, held-out-classes (for a model trained with `--classes`).
 A background model for the likelihood ratio is a second run with `--perturb MU`.
+
+Conditioning (`--conditional`, `nanoar.conditioning`): the model learns p(x | y) from the
+data's label files; the run reports -log p(x | y), the marginal -log p(x), and the
+generative classifier argmax_y log p(x | y) + log p(y) with its confusion matrix, and draws
+one row of samples per class. Completion (`--complete CKPT --mask PATTERN`): the exact
+conditional of the hidden pixels given the observed ones, for masks whose observed pixels
+come first in the model's ordering (only `top` for raster-order models) or any mask with an
+order-agnostic MADE (`--model made --ordering random --resample-masks`).
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ import time
 
 import numpy as np
 
-from nanoar import anomaly, backend, datasets, no_grad, training
+from nanoar import anomaly, backend, conditioning, datasets, no_grad, training
 from nanoar.datasets.download import atomic_write
 from nanoar.models import build_model
 from nanoar.optim import Adam
@@ -39,8 +49,9 @@ IMAGE_MODELS = ("fvsbn", "nade", "made", "pixelcnn", "gated-pixelcnn")
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist")
 # what a checkpoint fixes (these flags cannot change a resumed run), and the settings a
 # resumed run keeps unless they are given again
-RUN_FLAGS = ("model", "hidden", "hidden_sizes", "num_masks", "ordering", "channels", "layers", "dataset",
-             "binarization", "threshold", "classes", "perturb", "batch_size", "max_steps_per_epoch")
+RUN_FLAGS = ("model", "hidden", "hidden_sizes", "num_masks", "ordering", "resample_masks", "channels", "layers",
+             "dataset", "binarization", "threshold", "classes", "perturb", "conditional", "batch_size",
+             "max_steps_per_epoch")
 HELD_OUT = "held-out-classes"
 SCORE_FLAGS = ("against", "background", "fpr")
 SETTINGS = ("batch_size", "max_steps_per_epoch", "epochs", "lr", "clip")
@@ -81,6 +92,9 @@ def parse_args(argv=None):
                    help="MADE hidden layer sizes, comma separated (default 500,500; empty: none)")
     p.add_argument("--num-masks", type=positive_int, default=1, help="MADE: number of masks (connectivity-agnostic training)")
     p.add_argument("--ordering", choices=("natural", "random"), default="natural", help="MADE input ordering")
+    p.add_argument("--resample-masks", action="store_true",
+                   help="MADE: draw fresh masks (and, with --ordering random, a fresh ordering) every step: "
+                        "order-agnostic training, which lets --complete fill in any mask")
     p.add_argument("--channels", type=positive_int, default=64, help="PixelCNN channels")
     p.add_argument("--layers", type=positive_int, default=5, help="PixelCNN residual blocks / gated layers")
     p.add_argument("--dataset", type=path, default="mnist",
@@ -95,6 +109,8 @@ def parse_args(argv=None):
     p.add_argument("--perturb", type=rate, default=0.0, metavar="MU",
                    help="train a background model: every training pixel is replaced, with probability MU, by a "
                         "random 0 or 1 (Ren et al. 2019; 0.1 to 0.3 is usual)")
+    p.add_argument("--conditional", action="store_true",
+                   help="learn p(x | class) from the data's label files; report the generative classifier too")
     p.add_argument("--data-dir", type=path, default=None, help="download cache (default ~/.cache/nanoar or $NANOAR_DATA)")
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=100)
@@ -115,23 +131,31 @@ def parse_args(argv=None):
                    help="with --score: a background model (a run with --perturb) for the likelihood ratio")
     p.add_argument("--fpr", type=rate, default=0.01,
                    help="with --score: the false-positive rate of the p-value's and typicality test's thresholds")
+    p.add_argument("--complete", type=path, metavar="CHECKPOINT",
+                   help="fill in the hidden pixels of test images (--mask): writes complete-<mask>.png to --out "
+                        "(default: the checkpoint's folder) and prints -log p(hidden | observed)")
+    p.add_argument("--mask", choices=conditioning.MASKS, default="top",
+                   help="with --complete: which pixels are observed (top: the top half, ...; random: each pixel "
+                        "with probability 1/2)")
     p.add_argument("--n-samples", type=positive_int, default=64)
     p.add_argument("--eval-batch-size", type=positive_int, default=None,
                    help="images per evaluation batch (default: the model's; memory grows with it)")
     args = p.parse_args(argv)
     if args.dataset not in DATASETS and not os.path.isdir(args.dataset):
         p.error(f"argument --dataset: {args.dataset!r} is neither one of {', '.join(DATASETS)} nor a folder of IDX files")
-    uses = [f for f in ("eval", "sample", "score") if getattr(args, f)]
+    uses = [f for f in ("eval", "sample", "score", "complete") if getattr(args, f)]
     if len(uses) > 1:
         p.error(f"argument --{uses[1]}: not with --{uses[0]} (one use of a checkpoint at a time)")
     if uses and args.resume is not None:
         p.error(f"argument --resume: not with --{uses[0]} (it reads a checkpoint and trains nothing)")
-    trains = sorted(args.given & {"classes", "perturb"})
+    trains = sorted(args.given & {"classes", "perturb", "conditional"})
     if uses and trains:
         p.error(f"argument --{trains[0]}: chooses what a new run trains on; not with --{uses[0]}")
     scoring = sorted(args.given & set(SCORE_FLAGS))
     if scoring and not args.score:
         p.error(f"argument --{scoring[0]}: only with --score CHECKPOINT")
+    if "mask" in args.given and not args.complete:
+        p.error("argument --mask: only with --complete CHECKPOINT")
     for name in args.against or []:
         if name not in (*datasets.OUTLIER_SETS, HELD_OUT, *DATASETS) and not os.path.isdir(name):
             p.error(f"argument --against: {name!r} is neither a built-in set ({', '.join(datasets.OUTLIER_SETS)}, "
@@ -153,7 +177,10 @@ def load_data(spec, data_dir):
     binarization filled in; and, for a run on some classes only, the test images of the
     other classes as stored (else None)."""
     name, classes = spec["dataset"], spec.get("classes")
-    images, held_out = load_images(name, data_dir, labels=bool(classes)), None
+    images, held_out = load_images(name, data_dir, labels=bool(classes or spec.get("conditional"))), None
+    if spec.get("conditional") and (images.train_labels is None or images.test_labels is None):
+        raise UserError(f"{name} has no class labels (train-labels-idx1-ubyte and t10k-labels-idx1-ubyte), which a "
+                        "class-conditional model needs; leave out --conditional, or add the label files")
     if classes:
         images, held_out = datasets.select_classes(images, classes)
     binarization = spec["binarization"] or ("fixed" if images.binary else "threshold")
@@ -165,18 +192,19 @@ def load_data(spec, data_dir):
     return datasets.BinaryImageData(images, binarization, threshold=spec["threshold"]), spec, held_out
 
 
-def new_model(args, shape):
-    """The chosen model for images of shape (1, H, W)."""
+def new_model(args, shape, n_labels=0):
+    """The chosen model for images of shape (1, H, W); class-conditional over n_labels
+    classes when n_labels > 0."""
     _, h, w = shape
     config = {
         "fvsbn": {"d": h * w},
         "nade": {"d": h * w, "hidden": args.hidden},
         "made": {"d": h * w, "hidden_sizes": args.hidden_sizes, "num_masks": args.num_masks,
-                 "ordering": args.ordering, "seed": args.seed},
+                 "ordering": args.ordering, "seed": args.seed, **({"resample_masks": True} if args.resample_masks else {})},
         "pixelcnn": {"height": h, "width": w, "channels": args.channels, "n_residual": args.layers},
         "gated-pixelcnn": {"height": h, "width": w, "channels": args.channels, "n_layers": args.layers},
     }[args.model]
-    return build_model(args.model, config)
+    return build_model(args.model, {**config, **({"n_labels": n_labels} if n_labels else {})})
 
 
 def check_fits(model, ds, where) -> None:
@@ -187,9 +215,10 @@ def check_fits(model, ds, where) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def mean_nll(model, x, batch_size=None) -> float:
-    """Average -log p(x) in nats over a host array of images, in batches, no graph."""
-    return float(anomaly.example_nll(model, x, batch_size).mean())
+def mean_nll(model, x, batch_size=None, y=None) -> float:
+    """Average -log p(x) (or -log p(x | y) with labels y) in nats over a host array of images,
+    in batches, no graph."""
+    return float(training.example_nll(model, x, batch_size, y=y).mean())
 
 
 def baselines(ds) -> None:
@@ -237,22 +266,28 @@ def write_png(path, grid, scale=3) -> None:
 
 def write_samples(model, n, seed, out_dir, shape) -> None:
     """Samples (left) and, as in the lecture's figure, each pixel's conditional probability
-    p(x_i = 1 | x_<i) under the model given the sampled pixels before it (right)."""
+    p(x_i = 1 | x_<i) under the model given the sampled pixels before it (right). A
+    conditional model draws one row per class: about n / C samples of p(x | y) each."""
+    cols, y = 8, None
+    if model.n_labels:
+        cols = max(1, round(n / model.n_labels))
+        y = np.repeat(np.arange(model.n_labels), cols)
+        n = len(y)
     t = time.perf_counter()
-    x = model.sample(n, seed=seed)
+    x = model.sample(n, seed=seed, y=y)
     secs = time.perf_counter() - t
     xs = backend.to_numpy(x).astype(np.float64)
     samples = xs.reshape(-1, *shape[1:])
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "samples.png")
-    write_png(path, tile(samples))
-    print(f"wrote {path} ({n} samples in {secs:.1f} s)")
+    write_png(path, tile(samples, cols))
+    print(f"wrote {path} ({n} samples in {secs:.1f} s{'; row c: class c' if y is not None else ''})")
     if not model.factorises:  # a mixture of orderings has no single set of conditionals to draw
         return
     with no_grad():
-        lp = backend.to_numpy(model.log_prob_per_variable(x).data).astype(np.float64)
+        lp = backend.to_numpy(model.log_prob_per_variable(x, y).data).astype(np.float64)
     p_on = np.where(xs == 1, np.exp(lp), -np.expm1(lp))
-    left, right = tile(samples), tile(p_on.reshape(-1, *shape[1:]))
+    left, right = tile(samples, cols), tile(p_on.reshape(-1, *shape[1:]), cols)
     gap = np.full((left.shape[0], 8), 1.0)
     write_png(os.path.join(out_dir, "samples_conditionals.png"), np.concatenate([left, gap, right], axis=1))
     print("wrote samples_conditionals.png (samples | p(x_i = 1 | x_<i))")
@@ -265,12 +300,80 @@ def use_checkpoint(args) -> None:
     model, _, meta = training.load_run(path, "train_mnist")
     spec = meta["data"] if "dataset" not in args.given else {**meta["data"], "dataset": args.dataset,
                                                              "binarization": None, "classes": None}
-    ds, _, _ = load_data(spec, args.data_dir)
+    ds, _, _ = load_data({**spec, "conditional": bool(model.n_labels)}, args.data_dir)
     check_fits(model, ds, path)
-    if args.eval:
+    if args.eval and model.n_labels:
+        report_conditional(model, ds, args.eval_batch_size, args.quiet, path)
+    elif args.eval:
         print(report(f"test NLL of {path}", mean_nll(model, ds.test, args.eval_batch_size), ds))
     if args.sample:
         write_samples(model, args.n_samples, args.seed, os.path.dirname(path) or ".", ds.test.shape[1:])
+
+
+def report_conditional(model, ds, batch_size, quiet, label, out_dir=None) -> dict:
+    """A conditional model's test figures, printed and returned: -log p(x | y) with the true
+    classes, the marginal -log p(x) (comparable with an unconditional model's NLL), and the
+    generative classifier's accuracy; its confusion matrix goes to out_dir/confusion.png."""
+    ll = conditioning.class_log_likelihoods(model, ds.test, batch_size, quiet)     # (N, C): log p(x | c)
+    prior = conditioning.log_prior(ds.train_labels, model.n_labels)               # (C,): log p(c)
+    y = ds.test_labels.astype(np.int64)
+    given = float(-ll[np.arange(len(y)), y].mean())
+    marginal = float(-conditioning.log_marginal(ll, prior).mean())
+    predicted = np.argmax(ll + prior, axis=1)
+    accuracy = float((predicted == y).mean())
+    print(report(f"test NLL of {label}, -log p(x | y) with the true class", given, ds))
+    print(report("  marginal -log p(x) = -log sum_y p(x | y) p(y), no class given", marginal, ds))
+    print(f"  generative classifier argmax_y log p(x | y) + log p(y): test accuracy {accuracy:.2%} on {len(y)} "
+          f"images (the most frequent class alone: {np.bincount(y).max() / len(y):.2%})")
+    if out_dir is not None:
+        path = os.path.join(out_dir, "confusion.png")
+        cm = conditioning.confusion_matrix(y, predicted, model.n_labels)
+        conditioning.write_confusion(path, cm, f"{type(model).__name__}, test accuracy {accuracy:.2%}")
+        print(f"wrote {path}")
+    return {"test_nll": given, "marginal_nll": marginal, "accuracy": accuracy}
+
+
+# ----------------------------------------------------------------------------- completion
+def complete_checkpoint(args) -> None:
+    """--complete: test images with the --mask's hidden pixels filled in by the model's exact
+    conditional (a PNG grid), and -log p(hidden | observed) over the test set."""
+    model, _, meta = training.load_run(args.complete, "train_mnist")
+    spec = meta["data"] if "dataset" not in args.given else {**meta["data"], "dataset": args.dataset,
+                                                             "binarization": None, "classes": None}
+    ds, _, _ = load_data({**spec, "conditional": bool(model.n_labels)}, args.data_dir)
+    check_fits(model, ds, args.complete)
+    out_dir = training.output_folder(args.out or os.path.dirname(args.complete) or ".")
+    n, (h, w) = len(ds.test), ds.test.shape[2:]
+    masks = conditioning.completion_masks(args.mask, n, h, w, np.random.default_rng(args.seed))   # (N, 1, H, W)
+    observed = masks.reshape(n, *model.event_shape)
+    try:
+        model.check_observed(observed, n)
+    except ValueError as e:
+        raise UserError(f"--complete {args.complete} --mask {args.mask}: {e}") from None
+    y = ds.test_labels.astype(np.int64) if model.n_labels else None
+
+    # the grid: per row an image, what is observed of it (hidden pixels grey), completions
+    rows, per = 8, 5
+    pick = np.linspace(0, n - 1, rows).astype(np.int64)
+    t = time.perf_counter()
+    filled = backend.to_numpy(model.sample(rows * per, seed=args.seed, given=np.repeat(ds.test[pick], per, axis=0)
+                                           .reshape(rows * per, *model.event_shape),
+                                           observed=np.repeat(observed[pick], per, axis=0),
+                                           y=None if y is None else np.repeat(y[pick], per))).reshape(rows, per, h, w)
+    secs = time.perf_counter() - t
+    shown = np.where(masks[pick, 0], ds.test[pick, 0], 0.5)
+    grid = np.concatenate([ds.test[pick, 0][:, None], shown[:, None], filled], axis=1).reshape(-1, h, w)
+    path = os.path.join(out_dir, f"complete-{args.mask}.png")
+    write_png(path, tile(grid, cols=per + 2))
+    print(f"wrote {path}: rows of a test image, its observed part (hidden pixels grey), {per} completions "
+          f"({rows * per} completions in {secs:.1f} s)")
+
+    nll = training.example_nll(model, ds.test, args.eval_batch_size, "-log p(hidden | observed)", args.quiet, y=y,
+                               observed=observed)
+    hidden = (~masks).reshape(n, -1).sum(axis=1)
+    print(f"-log p(hidden | observed), mask {args.mask}: {nll.mean():.2f} nats per image, "
+          f"{nll.sum() / max(hidden.sum(), 1) / math.log(2):.4f} bits per hidden pixel ({hidden.mean():.0f} of "
+          f"{h * w} pixels hidden), {n} test images of {ds.describe()}" + (", the true class given" if y is not None else ""))
 
 
 # ----------------------------------------------------------------------------- anomaly scores
@@ -321,6 +424,9 @@ def score_checkpoint(args) -> None:
         except ImportError:
             raise UserError(f"--score: {what}; pip install 'nanoar[scripts]'") from None
     model, _, meta = training.load_run(args.score, "train_mnist")
+    if model.n_labels:
+        raise UserError(f"--score {args.score}: a class-conditional model gives p(x | class), and anomaly scores need "
+                        "p(x); score an unconditional model")
     spec = meta["data"] if "dataset" not in args.given else {**meta["data"], "dataset": args.dataset,
                                                              "binarization": None}
     ds, spec, held_out = load_data(spec, args.data_dir)
@@ -399,6 +505,8 @@ def main(argv=None) -> None:
             return score_checkpoint(args)
         if args.eval or args.sample:
             return use_checkpoint(args)
+        if args.complete:
+            return complete_checkpoint(args)
         run, resume = training.open_run(args, f"runs/{args.model}")
         with run:
             train(args, run, resume)
@@ -417,9 +525,10 @@ def train(args, run, resume) -> None:
         print(f"resuming {resume}: epoch {loop['epoch'] + 1}, batch {loop['batch']}, step {opt.step_count}")
     else:
         ds, spec, _ = load_data({"dataset": args.dataset, "binarization": args.binarization,
-                                 "threshold": args.threshold, "classes": args.classes, "perturb": args.perturb},
-                                args.data_dir)
-        model = new_model(args, ds.test.shape[1:])
+                                 "threshold": args.threshold, "classes": args.classes, "perturb": args.perturb,
+                                 "conditional": args.conditional}, args.data_dir)
+        n_labels = int(ds.train_labels.max()) + 1 if args.conditional else 0
+        model = new_model(args, ds.test.shape[1:], n_labels)
         opt = make_opt(model.parameters())
         loop, best_path = {}, None
     batch_size, epochs = args.batch_size, args.epochs
@@ -443,11 +552,14 @@ def train(args, run, resume) -> None:
     perturb = spec.get("perturb", 0.0)
     if perturb:
         print(f"a background model: each training pixel replaced by a random 0 or 1 with probability {perturb:g}")
+    if model.n_labels:
+        print(f"class-conditional: p(x | y) over {model.n_labels} classes, y from the label files")
     batches = training.EpochBatches(ds, batch_size, steps_per_epoch, model.event_shape, loop or None, args.seed,
-                                    perturb=perturb)
+                                    perturb=perturb, labels=bool(model.n_labels))
+    valid_labels = ds.valid_labels.astype(np.int64) if model.n_labels else None
 
     def evaluate(train_nll, seconds):
-        valid = mean_nll(model, ds.valid, args.eval_batch_size)
+        valid = mean_nll(model, ds.valid, args.eval_batch_size, valid_labels)
         epoch = opt.step_count // steps_per_epoch
         line = f"epoch {epoch}/{epochs}: train {train_nll:.2f} | " + report("valid", valid, ds) + f" | {seconds:.1f} s"
         return valid, dict(epoch=epoch, step=opt.step_count, train_nll=train_nll, valid_nll=valid,
@@ -460,10 +572,14 @@ def train(args, run, resume) -> None:
 
     # ---- report: the best validation checkpoint on the test set, and its samples
     model, _, _ = training.load_run(best_path, "train_mnist")
-    test = mean_nll(model, ds.test, args.eval_batch_size)
-    print(report(f"test NLL of {best_path} (best validation)", test, ds))
+    label = f"{best_path} (best validation)"
+    if model.n_labels:
+        figures = report_conditional(model, ds, args.eval_batch_size, args.quiet, label, run.path)
+    else:
+        figures = {"test_nll": mean_nll(model, ds.test, args.eval_batch_size)}
+        print(report(f"test NLL of {label}", figures["test_nll"], ds))
     d = int(np.prod(ds.test.shape[1:]))
-    run.log.write(event="test", test_nll=test, bits_per_dim=test / (d * math.log(2)), data=ds.describe(),
+    run.log.write(event="test", **figures, bits_per_dim=figures["test_nll"] / (d * math.log(2)), data=ds.describe(),
                   checkpoint=best_path)
     write_samples(model, args.n_samples, args.seed, run.path, ds.test.shape[1:])
 

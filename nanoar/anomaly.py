@@ -31,26 +31,10 @@ import numpy as np
 from . import backend
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets.download import atomic_write
-from .tensor import no_grad
-from .training import progress
+from .training import example_nll, progress
 
 
 # ----------------------------------------------------------------------------- likelihoods
-def example_nll(model, x, batch_size: int | None = None, desc: str = "", quiet: bool = True) -> np.ndarray:
-    """-log p(x) in nats for each example of the host array x (N, *event_shape), in batches
-    of `batch_size` (default the model's eval batch size), with no graph: float64 (N,)."""
-    batch_size = batch_size or model.eval_batch_size
-    out = np.empty(len(x), np.float64)
-    bar = progress(total=len(x), desc=desc, disable=quiet)
-    with no_grad():
-        for i in range(0, len(x), batch_size):
-            batch = backend.to_device(np.ascontiguousarray(x[i:i + batch_size]).reshape(-1, *model.event_shape))
-            out[i:i + len(batch)] = -backend.to_numpy(model.log_prob(batch).data).astype(np.float64)
-            bar.update(len(batch))
-    bar.close()
-    return out
-
-
 def file_digest(path) -> str:
     """The SHA-256 of a file's bytes: what a cache of its model's likelihoods is keyed by."""
     h = hashlib.sha256()

@@ -35,6 +35,7 @@ from .checkpoint import CheckpointError, load_checkpoint, rng_from_state, rng_st
 from .datasets import DataError, get_windows, perturb_pixels
 from .models import build_model, model_name
 from .optim import clip_grad_norm
+from .tensor import no_grad
 
 
 # ----------------------------------------------------------------------------- scripts
@@ -339,6 +340,30 @@ def load_run(path, script: str | None = None, optimizer_factory=None):
             except (KeyError, ValueError, TypeError) as e:
                 raise CheckpointError(f"{path}: its optimiser state does not fit its model ({e})") from None
     return model, optimizer, meta
+
+
+# ----------------------------------------------------------------------------- evaluation
+def example_nll(model, x, batch_size: int | None = None, desc: str = "", quiet: bool = True, y=None,
+                observed=None) -> np.ndarray:
+    """-log p(x) in nats for each example of the host array x (N, *event_shape), in batches
+    of `batch_size` (default the model's eval batch size), with no graph: float64 (N,).
+    y: host labels (N,) or one label, for a conditional model (-log p(x | y)); observed: host
+    masks (N, *event_shape) of a completion (-log p(x_U | x_O))."""
+    batch_size = batch_size or model.eval_batch_size
+    out = np.empty(len(x), np.float64)
+    bar = progress(total=len(x), desc=desc, disable=quiet)
+    with no_grad():
+        for i in range(0, len(x), batch_size):
+            batch = backend.to_device(np.ascontiguousarray(x[i:i + batch_size]).reshape(-1, *model.event_shape))
+            part = {}
+            if y is not None:
+                part["y"] = y if np.ndim(y) == 0 else y[i:i + batch_size]
+            if observed is not None:
+                part["observed"] = observed[i:i + batch_size]
+            out[i:i + len(batch)] = -backend.to_numpy(model.log_prob(batch, **part).data).astype(np.float64)
+            bar.update(len(batch))
+    bar.close()
+    return out
 
 
 # ----------------------------------------------------------------------------- batch sources

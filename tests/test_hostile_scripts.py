@@ -177,6 +177,12 @@ MNIST_CASES = [
     (["--against", "noise"], 2, ["--against", "--score"]),
     (["--background", "{mnist}"], 2, ["--background", "--score"]),
     (["--fpr", 0.1], 2, ["--fpr", "--score"]),
+    (["--conditional"], 1, ["no class labels", "--conditional"]),
+    (["--mask", "top"], 2, ["--mask", "--complete"]),
+    (["--complete", "{mnist}", "--resume"], 2, ["--resume", "--complete"]),
+    (["--complete", "{mnist}", "--conditional"], 2, ["--conditional", "--complete"]),
+    (["--complete", "{mnist}", "--eval", "{mnist}"], 2, ["--complete", "--eval"]),
+    (["--complete", "{mnist}", "--mask", "middle"], 2, ["--mask", "middle"]),
 ]
 
 SCORE_CASES = [  # --score of a usable checkpoint, with bad companions
@@ -234,7 +240,7 @@ def test_train_mnist_refuses(args, status, words, files, tmp_path, capsys):
     assert not (tmp_path / "run" / "last.npz").exists()  # refused before any work
 
 
-@pytest.mark.parametrize("flag", ["--eval", "--sample", "--score"])
+@pytest.mark.parametrize("flag", ["--eval", "--sample", "--score", "--complete"])
 @pytest.mark.parametrize("path,status,words", CHECKPOINT_CASES, ids=[p for p, _, _ in CHECKPOINT_CASES])
 def test_train_mnist_refuses_unusable_checkpoints(flag, path, status, words, files, tmp_path, capsys):
     got, _ = run(train_mnist.main, [flag, path], files, tmp_path / "run")

@@ -21,7 +21,7 @@ LAYERS = {
     "datasets": 5,
     "checkpoint": 6,
     "training": 7, "bench": 7,
-    "anomaly": 8,
+    "anomaly": 8, "conditioning": 8,
 }
 
 

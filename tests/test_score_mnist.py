@@ -14,6 +14,7 @@ from nanoar.checkpoint import load_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_mnist  # noqa: E402
+from labelled_images import write_labelled_folder  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -22,26 +23,9 @@ def _cpu():
     nanoar.set_default_dtype("float32")
 
 
-def labelled_images(n, rng, side=8):
-    """Grey images of three classes: a bright row (0), a bright column (1), a diagonal (2)."""
-    labels = rng.integers(0, 3, size=n).astype(np.uint8)
-    x = rng.integers(0, 60, size=(n, side, side))
-    pos = rng.integers(0, side, size=n)
-    x[(labels == 0), pos[labels == 0], :] = 220
-    x[(labels == 1), :, pos[labels == 1]] = 220
-    x[labels == 2] += (np.eye(side, dtype=int) * 200)
-    return x.astype(np.uint8), labels
-
-
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("labelled")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 900), ("t10k", 300)):
-        x, y = labelled_images(n, rng)
-        datasets.write_idx(folder / f"{split}-images-idx3-ubyte", x)
-        datasets.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
-    return folder
+    return write_labelled_folder(tmp_path_factory.mktemp("labelled"))
 
 
 @pytest.fixture(scope="module")

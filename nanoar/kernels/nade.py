@@ -23,7 +23,8 @@ def _running_sum(xp, a, reverse: bool = False):
 
 
 def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: int | None = None) -> Tensor:
-    """NADE's logits: x (N, D) -> l (N, D), with W (H, D), c (H,), V (D, H), b (D,):
+    """NADE's logits: x (N, D) -> l (N, D), with W (H, D), c (H,) or (N, H), V (D, H), b (D,)
+    or (N, D) (per-example biases: a class-conditional NADE passes c + C[y] and b + E[y]):
 
         a_i = c + sum_{j<i} W[:, j] x_j,   h_i = sigmoid(a_i),   l_i = b_i + V_i . h_i,
 
@@ -34,8 +35,9 @@ def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: in
     backward will follow.
 
     Backward, with g_i = dL/dl_i V_i h_i (1 - h_i) and G_i = sum_{k>=i} g_k (a reversed
-    running sum, carried from block to block): dL/dc = sum_n G_1,
-    dL/dW[:, j] = sum_n x_j G_{j+1}, dL/dx_j = W[:, j] . G_{j+1}, dL/dV_i = sum_n dL/dl_i h_i.
+    running sum, carried from block to block): dL/dc = G_1 per example (summed over n for a
+    shared c), dL/db = dL/dl (likewise), dL/dW[:, j] = sum_n x_j G_{j+1},
+    dL/dx_j = W[:, j] . G_{j+1}, dL/dV_i = sum_n dL/dl_i h_i.
     """
     xp = backend.array_module(W.data)
     xd, wt, vd = x.data, W.data.T, V.data  # wt[j] = W[:, j]
@@ -50,7 +52,7 @@ def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: in
     keep = is_grad_enabled() and any(t.requires_grad for t in (x, W, c, V, b))
     h = xp.empty((d if keep else block, n, hidden), W.dtype)
     logits = xp.empty((d, n), W.dtype)
-    start = xp.broadcast_to(c.data, (n, hidden))  # a at the block's first variable
+    start = xp.broadcast_to(c.data, (n, hidden))  # (N, H): a at the block's first variable (a_1 = c)
     for lo, hi in bounds:
         a = h[lo:hi] if keep else h[:hi - lo]                                   # (B, N, H)
         a[0] = start
@@ -59,7 +61,7 @@ def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: in
         start = a[-1] + xt[hi - 1, :, None] * wt[hi - 1]                        # a_hi
         sigmoid_array(a, out=a)                                                 # h_i
         logits[lo:hi] = xp.matmul(a, vd[lo:hi, :, None])[:, :, 0]              # V_i . h_i
-    logits = logits.T + b.data
+    logits = logits.T + b.data  # (N, D) + (D,) or (N, D)
 
     def backward(gl):
         glt = xp.ascontiguousarray(gl.T)  # (D, N)
@@ -82,5 +84,7 @@ def nade_logits(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, block: in
                 gx[lo:hi - 1] = xp.matmul(G[1:], wt[lo:hi - 1, :, None])[:, :, 0]
                 gx[hi - 1] = later @ wt[hi - 1]
             later = G[0]
-        return (None if gx is None else gx.T, gw.T, later.sum(axis=0), gv, gl.sum(axis=0))
+        gc = later if c.ndim == 2 else later.sum(axis=0)  # G_1: (N, H), or summed for a shared c
+        gb = gl if b.ndim == 2 else gl.sum(axis=0)        # (N, D), or summed for a shared b
+        return (None if gx is None else gx.T, gw.T, gc, gv, gb)
     return record_op(xp.ascontiguousarray(logits), (x, W, c, V, b), backward, "nade_logits")
