@@ -5,7 +5,8 @@ Each computes what `nanoar.models.wavenet.WaveNet.forward` computes with the lib
 layers on the input columns of the ids (see that model for the network and its notation:
 K classes, R residual, D dilation (a tanh and a sigmoid half of H = D/2 each) and S skip
 channels, kernel size k). `fused_logits` is the model's fused path, `QueueSampler` its
-`sample_fast`.
+`sample_fast`. A conditional model's label enters every layer as a per-example bias of its
+gates, G_l[y] (N, D): a `gate_bias` of `residual_layer`, a per-sample row of the sampler.
 """
 from __future__ import annotations
 
@@ -45,12 +46,16 @@ def first_layer_lookup(a, weight, bias, embed_weight=None) -> Tensor:
     return h + bias
 
 
-def residual_layer(u, weight, bias, res_weight, res_bias, skip_weight, skip_bias, dilation: int) -> Tensor:
+def residual_layer(u, weight, bias, res_weight, res_bias, skip_weight, skip_bias, dilation: int,
+                   gate_bias=None) -> Tensor:
     """One residual layer of WaveNet as one node, on the channels-last stream u = [h | s]
     (N, T, R + S) of the residual h and the sum s of the skips of the layers before:
 
-        z  = gated_activation(DilatedCausalConv(h))      weight (D, R, k), bias (D,), dilation d
+        z  = gated_activation(DilatedCausalConv(h) + c)  weight (D, R, k), bias (D,), dilation d
         u' = [h + Conv1x1_res(z) | s + Conv1x1_skip(z)]  res_weight (R, H, 1), skip_weight (S, H, 1)
+
+    c = gate_bias, a Tensor (N, D) added to every time step of example n (a conditional
+    model's G_l[y], with its gradient), or None (c = 0, and no work for it).
 
     Equals the textbook layer (`CausalConv1d`, `nn.gated_activation`, two 1x1 `Conv1d` and
     the adds, on (N, C, T) transposes) in value and gradient: the same sums, computed as
@@ -78,6 +83,9 @@ def residual_layer(u, weight, bias, res_weight, res_bias, skip_weight, skip_bias
     # Backward keeps only the gates (and the weights): the taps and z are recomputed there.
     gates = taps() @ w_taps                                             # (N T, D): [a | b]
     gates += bias.data
+    if gate_bias is not None:
+        gates_by_example = gates.reshape(n, t, width)                   # a view of the rows
+        gates_by_example += gate_bias.data[:, None, :]
     tanh_a, sig_b = gates[:, :half], gates[:, half:]
     xp.tanh(tanh_a, out=tanh_a)
     sigmoid_array(sig_b, out=sig_b)
@@ -103,30 +111,34 @@ def residual_layer(u, weight, bias, res_weight, res_bias, skip_weight, skip_bias
         g_b *= g_z                                                      # g_z tanh(a) sigmoid(b) (1 - sigmoid(b))
         g_weight = (taps().T @ g_gates).reshape(k, r, width).transpose(2, 1, 0)
         g_bias = g_gates.sum(axis=0)
+        g_gate_bias = () if gate_bias is None else (g_gates.reshape(n, t, width).sum(axis=1),)   # (N, D)
         g_taps = (g_gates @ w_taps.T).reshape(n, t, k, r)
         for j in range(k):
             shift = min((k - 1 - j) * dilation, t)
             gu[:, :t - shift, :r] += g_taps[:, shift:, j]
         return (gu, g_weight, g_bias, g_w_out[:, :r].T[:, :, None], g_b_out[:r],
-                g_w_out[:, r:].T[:, :, None], g_b_out[r:])
-    return record_op(out, (u, weight, bias, res_weight, res_bias, skip_weight, skip_bias), backward,
-                     "residual_layer")
+                g_w_out[:, r:].T[:, :, None], g_b_out[r:], *g_gate_bias)
+    parents = (u, weight, bias, res_weight, res_bias, skip_weight, skip_bias)
+    return record_op(out, parents if gate_bias is None else (*parents, gate_bias), backward, "residual_layer")
 
 
-def fused_logits(model, a) -> Tensor:
-    """`model.forward(input columns of a)` of a WaveNet, with the kernels above: ids a (N, T)
-    -> logits (N, K, T). The first conv by `first_layer_lookup`, each layer by
-    `residual_layer` on the stream [h | s] (s = 0 before the first layer), the head as in
-    the textbook path. (The last layer's residual output is computed and never read, so its
-    1x1 conv gets a zero gradient.)"""
+def fused_logits(model, a, y=None) -> Tensor:
+    """`model.forward(input columns of a, y)` of a WaveNet, with the kernels above: ids a
+    (N, T) (and checked labels y (N,) of a conditional model) -> logits (N, K, T). The first
+    conv by `first_layer_lookup`, each layer by `residual_layer` on the stream [h | s]
+    (s = 0 before the first layer) with the gate bias G_l[y] (N, D), the head as in the
+    textbook path. (The last layer's residual output is computed and never read, so its 1x1
+    conv gets a zero gradient.)"""
     xp = backend.array_module(a)
     n, t = a.shape
     embed = model.embed.weight if model.embed is not None else None
     h = first_layer_lookup(a, model.causal.weight, model.causal.bias, embed)                    # (N, T, R)
     r = h.shape[2]
     u = concatenate([h, Tensor(xp.zeros((n, t, model.skip_channels), h.dtype))], axis=2)       # (N, T, R + S)
-    for conv, res, skip in zip(model.dilated, model.res, model.skip):
-        u = residual_layer(u, conv.weight, conv.bias, res.weight, res.bias, skip.weight, skip.bias, conv.dilation)
+    gate_biases = [None] * len(model.dilated) if y is None else [label(y) for label in model.label_bias]   # (N, D)
+    for conv, res, skip, gate_bias in zip(model.dilated, model.res, model.skip, gate_biases):
+        u = residual_layer(u, conv.weight, conv.bias, res.weight, res.bias, skip.weight, skip.bias, conv.dilation,
+                           gate_bias)
     skips = transpose(u[:, :, r:], (0, 2, 1))                                                   # (N, S, T)
     return model.head2(relu(model.head1(relu(skips))))                                          # (N, K, T)
 
@@ -170,9 +182,13 @@ class QueueSampler:
     are then one product [h_t | s | 1 | product | tanh a] @ [[I]; [b_res, b_skip]; [W/2]; [W/2]]
     (W = [W_res, W_skip]) written straight into the next layer's [h_t | s]. Per layer and
     step: k - 1 copies, two products, one tanh and one multiply.
+
+    A conditional model's labels y (n,) give each layer a per-sample gate bias G_l[y] (n, D),
+    its b half halved like the weights', added to [a | b/2] before the tanh (one more add
+    per layer and step; none for an unconditional model).
     """
 
-    def __init__(self, model, n: int):
+    def __init__(self, model, n: int, y=None):
         xp = backend.xp()
         dtype = model.causal.weight.dtype
         r, s, k = model.residual_channels, model.skip_channels, model.kernel
@@ -198,7 +214,7 @@ class QueueSampler:
         product_at = one_at + 1
         tanh_a_at = product_at + half
         tanh_b_at = tanh_a_at + half
-        self.layers = []                                                     # (d, slots, W_dil, W_out)
+        self.layers = []                                                     # (d, slots, W_dil, W_out, G[y])
         last = len(model.dilated) - 1
         for l, (conv, res, skip) in enumerate(zip(model.dilated, model.res, model.skip)):
             w_dil = xp.zeros((one_at + 1, width), dtype)                     # rows: taps | s (zero) | 1
@@ -210,6 +226,10 @@ class QueueSampler:
             w_out = xp.concatenate([xp.eye(r + s, dtype=dtype), b_1x1, 0.5 * w_1x1, 0.5 * w_1x1])
             if l == last:
                 w_out[:, :r] = 0                                              # its residual output is never read
+            gate_bias = None
+            if y is not None:
+                gate_bias = model.label_bias[l].weight.data[y]                # (n, D): a copy, rows G_l[y]
+                gate_bias[:, half:] *= 0.5
             queue = xp.zeros((conv.dilation, n, tanh_b_at + half), dtype)
             queue[:, :, one_at] = 1.0
             slots = [_Slot(shifts=tuple((q[:, j * r:(j + 1) * r], q[:, (j + 1) * r:(j + 2) * r]) for j in range(k - 1)),
@@ -217,7 +237,7 @@ class QueueSampler:
                            tanh_half_b=q[:, tanh_b_at:], product=q[:, product_at:tanh_a_at],
                            out_in=q[:, s_at - r:tanh_b_at], stream=q[:, s_at - r:one_at])
                      for q in queue]
-            self.layers.append((conv.dilation, slots, w_dil, w_out))
+            self.layers.append((conv.dilation, slots, w_dil, w_out, gate_bias))
 
         # after the last layer: [h | s | 1] (h stays 0); the head reads [s | 1], then [y | 1]
         self.final = xp.zeros((n, r + s + 1), dtype)
@@ -233,7 +253,7 @@ class QueueSampler:
         the logits (n, K) of x_t, or None when not needed (prompt steps)."""
         xp = backend.xp()
         tanh, matmul, multiply = xp.tanh, xp.matmul, xp.multiply
-        slots = [layer_slots[t % d] for d, layer_slots, _, _ in self.layers]
+        slots = [layer_slots[t % d] for d, layer_slots, *_ in self.layers]
         for slot in slots:                                     # age: every block one place back
             for older, newer in slot.shifts:
                 older[...] = newer
@@ -242,9 +262,11 @@ class QueueSampler:
         for table, ids in zip(self.tables[2:], self.column_ids[2:]):
             h0 += table[ids]
         last = len(slots) - 1
-        for l, (_, _, w_dil, w_out) in enumerate(self.layers):
+        for l, (_, _, w_dil, w_out, gate_bias) in enumerate(self.layers):
             _, conv_in, gates, tanh_a, tanh_half_b, product, out_in, _ = slots[l]
             matmul(conv_in, w_dil, out=gates)                  # [a | b/2]
+            if gate_bias is not None:
+                gates += gate_bias                             # + G_l[y], halved likewise
             tanh(gates, out=gates)                             # [tanh a | tanh(b/2)]
             multiply(tanh_a, tanh_half_b, out=product)
             matmul(out_in, w_out, out=slots[l + 1].stream if l < last else self.final_stream)
