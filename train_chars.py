@@ -18,6 +18,12 @@ log p(x) = sum_t log p(x_t | x_<t), and reported in nats and bits per character.
 character, log p(line | a preceding newline), and its p-value among the lines of the
 checkpoint's validation text; the least likely lines are listed (e.g. lines that are not
 Shakespeare in a Shakespeare play) and every line's score goes to scores.json.
+
+--sample with --prompt is completion (the operation of train_mnist.py --complete): the
+prompt is the observed prefix, and the rest is drawn from the model's exact conditional
+p(x_rest | prompt), one character at a time (exactly so with --temperature 1 --top-k 0;
+the default temperature sharpens each conditional). `model.sample(n, prompt=ids)` and
+`model.sample(n, given=ids, observed=mask)` with a prefix mask are the same draw.
 """
 from __future__ import annotations
 
