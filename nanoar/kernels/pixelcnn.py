@@ -1,9 +1,11 @@
 """Cached samplers of PixelCNN and GatedPixelCNN (Ramachandran et al. 2017, "Fast Generation
 for Convolutional Autoregressive Models").
 
-Each returns exactly what the naive ancestral sampler `model.sample_naive(noise)` returns
+Each returns exactly what the naive ancestral sampler `model.sample_naive(noise, y)` returns
 (one full `model.forward` pass per pixel, nanoar.models.base): pixel q = (i, j) in raster
 order is x_q = [u_q < sigmoid(f_q)], the rule of `Bernoulli.draw`, with u_q = noise[:, q].
+A class-conditional model's labels y (n,) enter as per-sample biases: each layer's bias (O,)
+becomes (n, O), the conv's bias plus the label's row of the layer's `LabelBias`.
 Instead of a full pass, each layer's output is computed at one new position per pixel (or,
 for the vertical stack of the gated model, one new row per image row) from caches of the
 layer below, because a convolution's output at q reads only inputs that are already final.
@@ -34,6 +36,15 @@ def _linear(conv):
     return _window_matrix(conv.weight.data), conv.bias.data
 
 
+def _bias(b, label, y, row=False):
+    """A layer's bias (O,), plus its label bias V^T h when there are labels y (n,): then per
+    sample, b + label.weight[y] (n, O), or (n, 1, O) with `row`, to broadcast over a row."""
+    if y is None:
+        return b
+    b = b + label.weight.data[y]
+    return b[:, None] if row else b
+
+
 def _gate(a):
     """`nn.gated_activation` on arrays, channels last: (..., 2C) -> (..., C),
     tanh(first half) * sigmoid(second half)."""
@@ -41,9 +52,10 @@ def _gate(a):
     return backend.array_module(a).tanh(a[..., :c]) * sigmoid_array(a[..., c:])
 
 
-def sample_pixelcnn_cached(model, noise):
-    """`model.sample_naive(noise)` of a PixelCNN, with per-layer caches: noise (n, H W)
-    uniforms in raster order -> x (n, H W) of 0/1.
+def sample_pixelcnn_cached(model, noise, y=None):
+    """`model.sample_naive(noise, y)` of a PixelCNN, with per-layer caches: noise (n, H W)
+    uniforms in raster order, y: labels (n,) of a conditional model (`check_labels`), None
+    for an unconditional one -> x (n, H W) of 0/1.
 
     Exact: every layer's output at q = (i, j) depends only on its input at positions <= q
     (type B) or < q (type A) in raster order, so once the pixels before q are drawn each
@@ -54,12 +66,16 @@ def sample_pixelcnn_cached(model, noise):
     """
     xp, dt = backend.array_module(noise), model.dtype
     n = noise.shape[0]
+    y = model.check_labels(y, n)
     H, W, C = model.height, model.width, model.channels
     pa, ka = model.first_kernel // 2, model.first_kernel
     p, k = model.kernel // 2, model.kernel
-    wa, ba = _window_matrix(model.conv_a.weight.data * model.conv_a.mask, rows=pa + 1), model.conv_a.bias.data
-    res = [(_window_matrix(c.weight.data * c.mask, rows=p + 1), c.bias.data) for c in model.res]
+    wa = _window_matrix(model.conv_a.weight.data * model.conv_a.mask, rows=pa + 1)
+    ba = _bias(model.conv_a.bias.data, model.label_a, y)                       # (C,) or (n, C)
+    res = [(_window_matrix(c.weight.data * c.mask, rows=p + 1), _bias(c.bias.data, label, y))
+           for c, label in zip(model.res, model.label_res)]
     w1, b1 = _linear(model.out1)
+    b1 = _bias(b1, model.label_out1, y)                                        # (C_head,) or (n, C_head)
     w2, b2 = _linear(model.out2)
     # x and the input of every residual block, zero-padded: p rows on top, p columns each side
     xbuf = xp.zeros((n, H + pa, W + 2 * pa, 1), dt)
@@ -75,9 +91,10 @@ def sample_pixelcnn_cached(model, noise):
     return xp.ascontiguousarray(xbuf[:, pa:, pa:pa + W, 0]).reshape(n, H * W)
 
 
-def sample_gated_cached(model, noise):
-    """`model.sample_naive(noise)` of a GatedPixelCNN, with row and pixel caches: noise
-    (n, H W) uniforms in raster order -> x (n, H W) of 0/1.
+def sample_gated_cached(model, noise, y=None):
+    """`model.sample_naive(noise, y)` of a GatedPixelCNN, with row and pixel caches: noise
+    (n, H W) uniforms in raster order, y: labels (n,) of a conditional model (`check_labels`),
+    None for an unconditional one -> x (n, H W) of 0/1.
 
     Exact: the vertical stack at row i depends only on rows above i, so when row i begins
     its pre-activations u_l for the WHOLE row (and their 1x1 links) are final and are
@@ -88,13 +105,17 @@ def sample_gated_cached(model, noise):
     """
     xp, dt = backend.array_module(noise), model.dtype
     n = noise.shape[0]
+    y = model.check_labels(y, n)
     H, W, C, L = model.height, model.width, model.channels, model.n_layers
     p, k = model.kernel // 2, model.kernel
-    vw = [(_window_matrix(c.weight.data), c.bias.data) for c in model.vconv]
-    hw = [(_window_matrix(c.weight.data), c.bias.data) for c in model.hconv]
+    vw = [(_window_matrix(c.weight.data), _bias(c.bias.data, label, y, row=True))   # bias (2C,) or (n, 1, 2C)
+          for c, label in zip(model.vconv, model.label_v)]
+    hw = [(_window_matrix(c.weight.data), _bias(c.bias.data, label, y))             # bias (2C,) or (n, 2C)
+          for c, label in zip(model.hconv, model.label_h)]
     lw = [_linear(c) for c in model.link]
     ow = [_linear(c) for c in model.hout]
     w1, b1 = _linear(model.out1)
+    b1 = _bias(b1, model.label_out1, y)
     w2, b2 = _linear(model.out2)
     xbuf = xp.zeros((n, H + p, W + 2 * p, 1), dt)                          # x, padded
     vbuf = [xp.zeros((n, H + p, W + 2 * p, C), dt) for _ in range(L - 1)]  # v_l, padded
