@@ -234,7 +234,7 @@ class AutoregressiveModel(Module):
         if tuple(a.shape) != (n, *shape):
             raise ValueError(f"{name}: observed must have the data's shape {shape} (one mask for all) or "
                              f"{(n, *shape)}, got {tuple(a.shape)}")
-        a = a.reshape(n, -1)
+        a = a.reshape(n, int(np.prod(shape)))
         self.check_completable(a)
         return a
 
@@ -276,8 +276,9 @@ class AutoregressiveModel(Module):
                              f"got {tuple(g.shape)}")
         if g.dtype.kind not in "biuf":
             raise ValueError(f"{name}.sample: given must be numeric data, got dtype {g.dtype}")
-        g = np.where(obs, g.reshape(n, -1), 0)            # hidden values (NaN, say) are ignored
-        return self.check_data(backend.to_device(g.reshape(n, *shape))).reshape(n, -1), obs
+        d = int(np.prod(shape))
+        g = np.where(obs, g.reshape(n, d), 0)             # hidden values (NaN, say) are ignored
+        return self.check_data(backend.to_device(g.reshape(n, *shape))).reshape(n, d), obs
 
     def force_observed(self, noise, given, observed):
         """The noise of a completion: an observed binary variable gets u = -1 (drawn as 1) or
