@@ -28,10 +28,9 @@ import zlib
 
 import numpy as np
 
-from . import backend
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets.download import atomic_write
-from .training import example_nll, progress
+from .training import example_nll
 
 
 # ----------------------------------------------------------------------------- likelihoods

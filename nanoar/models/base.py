@@ -499,6 +499,14 @@ def check_count(n, where: str = "") -> int:
     return int(n)
 
 
+def check_n_labels(n_labels, where: str = "") -> int:
+    """A model's number of label classes as an int: a non-negative integer (0: an
+    unconditional model), else ValueError naming `n_labels`."""
+    if not _is_integer(n_labels) or n_labels < 0:
+        raise ValueError(f"{where}n_labels must be a non-negative integer (0: unconditional), got {n_labels!r}")
+    return int(n_labels)
+
+
 def check_length(length, where: str = "") -> int:
     """A sequence length as an int: a positive integer, else ValueError naming `length`."""
     if not _is_integer(length) or length < 1:

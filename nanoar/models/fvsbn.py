@@ -29,7 +29,7 @@ from .. import backend
 from ..distributions import Bernoulli
 from ..nn import LabelBias, init_uniform
 from ..tensor import matmul, sigmoid_array
-from .base import AutoregressiveModel
+from .base import AutoregressiveModel, check_n_labels
 
 
 class FVSBN(AutoregressiveModel):
@@ -47,9 +47,7 @@ class FVSBN(AutoregressiveModel):
     def __init__(self, d: int, n_labels: int = 0):
         if not isinstance(d, (int, np.integer)) or d < 1:
             raise ValueError(f"FVSBN: d must be a positive integer, got {d!r}")
-        if not isinstance(n_labels, (int, np.integer)) or isinstance(n_labels, (bool, np.bool_)) or n_labels < 0:
-            raise ValueError(f"FVSBN: n_labels must be a non-negative integer (0: unconditional), got {n_labels!r}")
-        self.d, self.n_labels = int(d), int(n_labels)
+        self.d, self.n_labels = int(d), check_n_labels(n_labels, "FVSBN: ")
         self.event_shape = (self.d,)
         bound = 1.0 / math.sqrt(self.d)
         self.W = init_uniform((self.d, self.d), bound)

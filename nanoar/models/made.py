@@ -76,7 +76,7 @@ from ..distributions import Bernoulli, Gaussian
 from ..kernels.made import sample_by_degree
 from ..nn import LabelBias, MaskedLinear
 from ..tensor import Tensor, concatenate, gelu, logsumexp, relu, sigmoid, stack, tanh, where
-from .base import AutoregressiveModel, batch_mean
+from .base import AutoregressiveModel, batch_mean, check_n_labels
 
 _ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "gelu": gelu}
 
@@ -199,13 +199,11 @@ class MADE(AutoregressiveModel):
                 raise ValueError(f"{name}: ordering must be a permutation of range({d}), got {ordering}")
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or not 0 <= seed < 2**32:
             raise ValueError(f"{name}: seed must be an integer in [0, 2**32), got {seed!r}")
-        if not isinstance(n_labels, (int, np.integer)) or isinstance(n_labels, (bool, np.bool_)) or n_labels < 0:
-            raise ValueError(f"{name}: n_labels must be a non-negative integer (0: unconditional), got {n_labels!r}")
         if not isinstance(resample_masks, (bool, np.bool_)):
             raise ValueError(f"{name}: resample_masks must be True or False, got {resample_masks!r}")
         self.d, self.hidden_sizes, self.num_masks = int(d), hidden_sizes, int(num_masks)
         self.seed, self.activation, self._ordering_arg = int(seed), activation, ordering
-        self.n_labels, self.resample_masks = int(n_labels), bool(resample_masks)
+        self.n_labels, self.resample_masks = check_n_labels(n_labels, f"{name}: "), bool(resample_masks)
         self.event_shape = (self.d,)
         self.mask_index = 0   # the current mask set
         self.mask_draws = 0   # how many sets `next_mask` has redrawn (resample_masks)

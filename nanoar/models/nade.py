@@ -38,7 +38,7 @@ from ..distributions import Bernoulli
 from ..kernels.nade import nade_logits
 from ..nn import LabelBias, init_uniform
 from ..tensor import concatenate, cumsum, sigmoid, sigmoid_array
-from .base import AutoregressiveModel
+from .base import AutoregressiveModel, check_n_labels
 
 
 class NADE(AutoregressiveModel):
@@ -58,9 +58,7 @@ class NADE(AutoregressiveModel):
         for name, v in (("d", d), ("hidden", hidden)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"NADE: {name} must be a positive integer, got {v!r}")
-        if not isinstance(n_labels, (int, np.integer)) or isinstance(n_labels, (bool, np.bool_)) or n_labels < 0:
-            raise ValueError(f"NADE: n_labels must be a non-negative integer (0: unconditional), got {n_labels!r}")
-        self.d, self.hidden, self.n_labels = int(d), int(hidden), int(n_labels)
+        self.d, self.hidden, self.n_labels = int(d), int(hidden), check_n_labels(n_labels, "NADE: ")
         self.event_shape = (self.d,)
         self.W = init_uniform((self.hidden, self.d), 1.0 / math.sqrt(self.d))
         self.c = init_uniform((self.hidden,), 1.0 / math.sqrt(self.d))

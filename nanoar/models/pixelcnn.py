@@ -39,7 +39,7 @@ from ..distributions import Bernoulli
 from ..kernels.pixelcnn import sample_gated_cached, sample_pixelcnn_cached
 from ..nn import Conv2d, LabelBias, MaskedConv2d, gated_activation
 from ..tensor import Tensor, relu
-from .base import AutoregressiveModel
+from .base import AutoregressiveModel, check_n_labels
 
 __all__ = ["PixelCNN", "GatedPixelCNN"]
 
@@ -81,7 +81,7 @@ class _RasterImageModel(AutoregressiveModel):
         self.height = _check_positive("height", height)
         self.width = _check_positive("width", width)
         self.event_shape = (1, self.height, self.width)
-        self.n_labels = _check_positive("n_labels", n_labels, minimum=0)
+        self.n_labels = check_n_labels(n_labels, f"{type(self).__name__}: ")
 
     def _check_forward_labels(self, y, n: int) -> None:
         """forward's y: checked labels (n,) of a conditional model, None for an unconditional

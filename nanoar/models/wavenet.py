@@ -51,14 +51,12 @@ new column per layer (Paine et al. 2016, `nanoar.kernels.wavenet.QueueSampler`).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import backend
 from ..distributions import Categorical
 from ..kernels.wavenet import QueueSampler, fused_logits
 from ..nn import CausalConv1d, Conv1d, Embedding, LabelBias, gated_activation
 from ..tensor import Tensor, concatenate, no_grad, relu, transpose
-from .base import SequenceModel
+from .base import SequenceModel, check_n_labels
 
 
 class WaveNet(SequenceModel):
@@ -90,9 +88,7 @@ class WaveNet(SequenceModel):
             raise ValueError(f"WaveNet: need at least one dilation >= 1 and n_stacks >= 1, got {dilations}, {n_stacks}")
         if n_classes < 2 or seq_len < 1:
             raise ValueError(f"WaveNet: need n_classes >= 2 and seq_len >= 1, got {n_classes}, {seq_len}")
-        if isinstance(n_labels, bool) or not isinstance(n_labels, (int, np.integer)) or n_labels < 0:
-            raise ValueError(f"WaveNet: n_labels must be an integer >= 0 (0: unconditional), got {n_labels!r}")
-        self.n_labels = int(n_labels)
+        self.n_labels = check_n_labels(n_labels, "WaveNet: ")
         self.n_classes, self.seq_len = int(n_classes), int(seq_len)
         self.residual_channels, self.dilation_channels = residual_channels, dilation_channels
         self.skip_channels, self.dilations, self.n_stacks = skip_channels, dilations, n_stacks
