@@ -177,3 +177,18 @@ def test_completion_masks(pattern):
         assert (flat[:, :392].all() and not flat[:, 392:].any())
     if pattern == "left":
         assert m[:, 0, :, :14].all() and not m[:, 0, :, 14:].any()
+
+
+def test_confusion_matrix_counts_pairs():
+    rng = np.random.default_rng(0)
+    true, predicted = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    cm = conditioning.confusion_matrix(true, predicted, 4)
+    for i in range(4):
+        for j in range(4):
+            assert cm[i, j] == ((true == i) & (predicted == j)).sum()
+    assert cm.sum() == 200 and np.trace(cm) == (true == predicted).sum()
+
+
+def test_log_prior_is_the_training_frequencies():
+    prior = conditioning.log_prior([0, 0, 1, 3], 5)
+    np.testing.assert_allclose(np.exp(prior), [0.5, 0.25, 0, 0.25, 0])
