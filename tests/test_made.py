@@ -17,11 +17,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nanoar
-from ar_checks import (assert_completion_normalised, assert_completion_samples_match, assert_jacobian_autoregressive,
-                       assert_normalised, brute_force_completion_log_prob, chi_square_test, completion_log_prob,
-                       completions, enumerate_inputs, prefix_mask)
+from ar_checks import (assert_completion_normalised, assert_completion_samples_match, assert_future_does_not_matter,
+                       assert_jacobian_autoregressive, assert_normalised, assert_param_grads,
+                       brute_force_completion_log_prob, chi_square_test, completion_log_prob, completions,
+                       enumerate_inputs, prefix_mask)
 from nanoar import bernoulli_log_prob, no_grad, stack
-from nanoar.models.made import GaussianMADE, MADE, made_degrees, made_masks
+from nanoar.models.made import GaussianMADE, MADE, completion_ordering, made_degrees, made_masks
 from nanoar.training import load_run, save_run
 from nanoar.optim import Adam
 from strategies import fixture_settings
@@ -688,7 +689,7 @@ def order_agnostic(cls=MADE, d=5, n_labels=2, steps=3, **config):
 def test_an_order_agnostic_made_completes_any_set_exactly(float64, masks, seed):
     """Case c: ANY observed sets (several in one batch, labels per row): normalised over
     x_U; equal to the sum of the hidden variables' conditionals of ONE ordering o (observed
-    ascending, then hidden ascending: `completion_mask_set`); independent of the stored sets
+    first, then hidden, each in a random order: `completion_mask_set`); independent of the stored sets
     (more training steps redraw them, the completion stays)."""
     model = order_agnostic()
     observed = np.array(masks, bool)
@@ -698,8 +699,9 @@ def test_an_order_agnostic_made_completes_any_set_exactly(float64, masks, seed):
     got = completion_log_prob(model, given, observed, (5,), y)
     for r in range(len(masks)):
         mask_set = model.completion_mask_set(observed[r])
-        order = np.concatenate([np.flatnonzero(observed[r]), np.flatnonzero(~observed[r])])
-        np.testing.assert_array_equal(mask_set.ordering, order)
+        order = mask_set.ordering
+        np.testing.assert_array_equal(order, completion_ordering(observed[r], model.seed))
+        assert set(order[:observed[r].sum()]) == set(np.flatnonzero(observed[r]))
         with no_grad():
             lp = model.distribution(model.as_input(given[r:r + 1]), model.check_labels(y[r], 1), mask_set).log_prob(
                 given[r:r + 1]).numpy()[0]
@@ -714,8 +716,10 @@ def test_the_completion_mask_set_is_an_autoregressive_model_in_its_ordering(floa
     model = order_agnostic()
     observed = np.array([False, True, False, True, True])
     mask_set = model.completion_mask_set(observed)
-    np.testing.assert_array_equal(mask_set.ordering, [1, 3, 4, 0, 2])
-    _, degrees = made_degrees(5, [10, 10], 1, [1, 3, 4, 0, 2], seed=model.seed)
+    order = completion_ordering(observed, model.seed)
+    assert sorted(order[:3]) == [1, 3, 4] and sorted(order[3:]) == [0, 2]
+    np.testing.assert_array_equal(mask_set.ordering, order)
+    _, degrees = made_degrees(5, [10, 10], 1, order, seed=model.seed)
     for ours, want in zip(mask_set.degrees, degrees):
         np.testing.assert_array_equal(ours, want[0])
     for ours, want in zip(mask_set.masks, made_masks(degrees)):
@@ -775,7 +779,7 @@ def test_completion_refusals_name_what_can_complete_the_set():
 
 def test_observed_everything_or_nothing(float64):
     """All variables observed: log p(x_U | x_O) = 0 and the sample is given back; none
-    observed: log_prob(x) of the model (the mixture for case b; the ordering o = 0..d-1 for
+    observed: log_prob(x) of the model (the mixture for case b; one random ordering o for
     an order-agnostic model)."""
     x = binary(3, 5, 1)
     for model in (shared_prefix_mixture(), order_agnostic(), make(d=5, hidden_sizes=[6], ordering="random")):
@@ -790,7 +794,7 @@ def test_observed_everything_or_nothing(float64):
             np.testing.assert_allclose(none, model.log_prob(x, **labels).numpy(), rtol=1e-12)
         else:
             mask_set = model.completion_mask_set(np.zeros(5, bool))
-            np.testing.assert_array_equal(mask_set.ordering, np.arange(5))
+            np.testing.assert_array_equal(mask_set.ordering, completion_ordering(np.zeros(5, bool), model.seed))
             with no_grad():
                 want = model.distribution(model.as_input(x), model.check_labels(y, 3), mask_set).log_prob(x).numpy()
             np.testing.assert_allclose(none, want.sum(axis=1), rtol=1e-12)
@@ -952,3 +956,34 @@ def test_labels_resampling_and_completion_on_every_device(device, cls):
         fast, naive = nanoar.to_numpy(fast), nanoar.to_numpy(naive)
         np.testing.assert_allclose(fast, naive, rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(fast[observed], host[observed])
+
+
+# ---------------------------------------------------------------------------- mask inputs
+def test_resampled_masks_feed_every_layer_its_mask(float64):
+    """With resample_masks every layer adds 1 (U * M): a bias that depends on the mask set
+    only, so each set stays a normalised autoregressive model (enumeration, perturbation),
+    the fast sampler still equals the naive one, gradients reach U, and U changes the model."""
+    from model_zoo import order_agnostic_made
+    model = order_agnostic_made(seed=3)
+    names = [n for n, _ in model.named_parameters() if n.endswith("mask_weight")]
+    assert names == ["layers.0.mask_weight", "layers.1.mask_weight", "head.mask_weight"]
+    x = (np.random.default_rng(0).random((6, 4)) < 0.5).astype(np.float64)
+    for k in range(model.num_masks):
+        with no_grad():
+            lp = nanoar.to_numpy(model.log_prob_mask(enumerate_inputs((4,)), k=k).data)
+        assert abs(np.exp(lp).sum() - 1) < 1e-9
+        model.mask_index = k
+        assert_future_does_not_matter(model, x, np.random.default_rng(k), k=k)
+    noise = nanoar.to_device(np.random.default_rng(1).random((50, 4)))
+    for k in range(model.num_masks):
+        model.mask_index = k
+        np.testing.assert_array_equal(nanoar.to_numpy(model.sample_fast(noise)), nanoar.to_numpy(model.sample_naive(noise)))
+    assert_param_grads(model, lambda: -model.log_prob(x).mean())
+    with no_grad():
+        before = nanoar.to_numpy(model.log_prob(x).data)
+        model.layers[0].mask_weight.data[...] = 0
+        assert not np.allclose(nanoar.to_numpy(model.log_prob(x).data), before)
+
+
+def test_fixed_masks_have_no_mask_inputs():
+    assert not [n for n, _ in MADE(5, [6], num_masks=2).named_parameters() if "mask_weight" in n]
