@@ -144,11 +144,19 @@ class MaskedLinear(Linear):
     output and receives exactly zero gradient. A mask given here is the layer's own buffer
     (saved in its state_dict); `mask=None` leaves it to the owner to point `self.mask` at
     one of its own masks (MADE keeps K mask sets from degrees and switches between them).
+
+    `mask_input=True` also feeds the layer its mask, y = x (W * M) + 1 (U * M) + b with a
+    second weight U: (in, out), zero at first: each output unit learns a bias for the inputs
+    it is connected to. When the mask changes from step to step (order-agnostic training),
+    this tells a unit which of its inputs are absent, which x (W * M) alone cannot (an absent
+    input and an input equal to 0 look the same); order-agnostic NADE feeds the mask to the
+    network for the same reason.
     """
 
-    def __init__(self, in_features: int, out_features: int, mask=None, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, mask=None, bias: bool = True, mask_input: bool = False):
         super().__init__(in_features, out_features, bias)
         self.mask = None
+        self.mask_weight = init_constant((in_features, out_features), 0.0) if mask_input else None
         if mask is not None:
             mask = np.asarray(backend.to_numpy(mask))
             if mask.shape != self.weight.shape:
@@ -156,8 +164,17 @@ class MaskedLinear(Linear):
             self.register_buffer("mask", backend.to_device(mask.astype(backend.default_dtype())))
 
     def forward(self, x):
-        y = matmul(x, self.weight * self.mask)
-        return y if self.bias is None else y + self.bias
+        y = matmul(x, self.weight * self.mask)                  # (..., out)
+        b = self.effective_bias()
+        return y if b is None else y + b
+
+    def effective_bias(self):
+        """What the layer adds to x (W * M): b, plus 1 (U * M) with `mask_input` (out,) (a
+        Tensor, or None without either)."""
+        if self.mask_weight is None:
+            return self.bias
+        fed = (self.mask_weight * self.mask).sum(axis=0)        # (out,): 1 (U * M)
+        return fed if self.bias is None else fed + self.bias
 
 
 def pixelcnn_mask(out_channels: int, in_channels: int, k: int, mask_type: str) -> np.ndarray:

@@ -148,4 +148,8 @@ def order_agnostic_made(seed=0, n_labels=0):
     nanoar.manual_seed(seed)
     model = _scaled(MADE(4, [8, 8], num_masks=2, ordering="random", resample_masks=True, seed=seed,
                          n_labels=n_labels), 3.0)
+    rng = np.random.default_rng(seed + 100)
+    for name, p in model.named_parameters():   # the mask inputs' weights (zero at first) at work
+        if name.endswith("mask_weight"):
+            p.data[...] = nanoar.to_device(rng.normal(0.0, 1.0, p.shape).astype(p.dtype))
     return _labelled(model) if n_labels else model

@@ -17,9 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nanoar
-from ar_checks import (assert_completion_normalised, assert_completion_samples_match, assert_jacobian_autoregressive,
-                       assert_normalised, brute_force_completion_log_prob, chi_square_test, completion_log_prob,
-                       completions, enumerate_inputs, prefix_mask)
+from ar_checks import (assert_completion_normalised, assert_completion_samples_match, assert_future_does_not_matter,
+                       assert_jacobian_autoregressive, assert_normalised, assert_param_grads,
+                       brute_force_completion_log_prob, chi_square_test, completion_log_prob, completions,
+                       enumerate_inputs, prefix_mask)
 from nanoar import bernoulli_log_prob, no_grad, stack
 from nanoar.models.made import GaussianMADE, MADE, completion_ordering, made_degrees, made_masks
 from nanoar.training import load_run, save_run
@@ -956,3 +957,33 @@ def test_labels_resampling_and_completion_on_every_device(device, cls):
         np.testing.assert_allclose(fast, naive, rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(fast[observed], host[observed])
 
+
+# ---------------------------------------------------------------------------- mask inputs
+def test_resampled_masks_feed_every_layer_its_mask(float64):
+    """With resample_masks every layer adds 1 (U * M): a bias that depends on the mask set
+    only, so each set stays a normalised autoregressive model (enumeration, perturbation),
+    the fast sampler still equals the naive one, gradients reach U, and U changes the model."""
+    from model_zoo import order_agnostic_made
+    model = order_agnostic_made(seed=3)
+    names = [n for n, _ in model.named_parameters() if n.endswith("mask_weight")]
+    assert names == ["layers.0.mask_weight", "layers.1.mask_weight", "head.mask_weight"]
+    x = (np.random.default_rng(0).random((6, 4)) < 0.5).astype(np.float64)
+    for k in range(model.num_masks):
+        with no_grad():
+            lp = nanoar.to_numpy(model.log_prob_mask(enumerate_inputs((4,)), k=k).data)
+        assert abs(np.exp(lp).sum() - 1) < 1e-9
+        model.mask_index = k
+        assert_future_does_not_matter(model, x, np.random.default_rng(k), k=k)
+    noise = nanoar.to_device(np.random.default_rng(1).random((50, 4)))
+    for k in range(model.num_masks):
+        model.mask_index = k
+        np.testing.assert_array_equal(nanoar.to_numpy(model.sample_fast(noise)), nanoar.to_numpy(model.sample_naive(noise)))
+    assert_param_grads(model, lambda: -model.log_prob(x).mean())
+    with no_grad():
+        before = nanoar.to_numpy(model.log_prob(x).data)
+        model.layers[0].mask_weight.data[...] = 0
+        assert not np.allclose(nanoar.to_numpy(model.log_prob(x).data), before)
+
+
+def test_fixed_masks_have_no_mask_inputs():
+    assert not [n for n, _ in MADE(5, [6], num_masks=2).named_parameters() if "mask_weight" in n]

@@ -57,9 +57,10 @@ resumed run (`training_state`) draws what the uninterrupted one would have. The 
 hold the K sets drawn last (a checkpoint keeps them), and `log_prob` stays the exact
 mixture over those K sets. Trained so with random orderings, the weights are trained on
 the conditionals of every ordering, which is what makes the completion of ANY observed set
-meaningful (see `MADE`'s docstring, "Completion"). Each ordering is learned less well than
-one fixed ordering would be in the same number of steps (README, "Conditioning and
-completion", has the cost).
+meaningful (see `MADE`'s docstring, "Completion"). A unit whose inputs change from step to
+step cannot tell an absent input from an input equal to 0, so with resampled masks every
+layer is also fed its mask (`MaskedLinear(mask_input=True)`: + 1 (U * M)), as order-
+agnostic NADE (Uria et al.) feeds the network its mask.
 
 Shapes: x: (N, D); weights of layer l: (in, out); masks buffer `masks_l`: (K, in, out);
 `degrees_l`: (K, units of layer l) with l = 0 the inputs; `orderings`: (K, D).
@@ -223,7 +224,8 @@ class MADE(AutoregressiveModel):
         self.mask_draws = 0   # how many sets `next_mask` has redrawn (resample_masks)
 
         sizes = [self.d, *hidden_sizes]
-        self.layers = [MaskedLinear(i, o) for i, o in zip(sizes[:-1], sizes[1:])]
+        # Resampled masks: every layer is also fed its mask (`MaskedLinear(mask_input=True)`).
+        self.layers = [MaskedLinear(i, o, mask_input=self.resample_masks) for i, o in zip(sizes[:-1], sizes[1:])]
         self._make_heads(sizes[-1])
         # The label's biases (zero at first): one (C, H_l) per hidden layer, one (C, d) per head.
         self.layer_labels = [LabelBias(self.n_labels, h) for h in hidden_sizes] if self.n_labels else []
@@ -237,7 +239,7 @@ class MADE(AutoregressiveModel):
             self.register_buffer(f"masks_{l}", backend.to_device(m.astype(dtype)))
 
     def _make_heads(self, width: int) -> None:
-        self.head = MaskedLinear(width, self.d)
+        self.head = MaskedLinear(width, self.d, mask_input=self.resample_masks)
 
     def _heads(self) -> list:
         return [self.head]
@@ -522,6 +524,7 @@ class MADE(AutoregressiveModel):
         """The samples of `sample_naive(noise, y, given, observed, k)`, each hidden unit
         computed once, in degree order (`kernels.made.sample_by_degree`)."""
         mask_set = k if isinstance(k, MaskSet) else self.mask_set(k)
+        self._use_masks(mask_set)
         biases = self.biases(y)                                                  # hidden layers, then heads
         layers = [(layer.weight.data * mask, b) for layer, mask, b in zip(self.layers, mask_set.masks, biases)]
         heads = [(head.weight.data * mask_set.masks[-1], b) for head, b in zip(self._heads(), biases[len(layers):])]
@@ -530,13 +533,14 @@ class MADE(AutoregressiveModel):
                                 self.activation, self._draw, given, keep)
 
     def biases(self, y=None) -> list:
-        """The bias of every hidden layer and then every head, as arrays: b (out,), or with
-        labels y (n,) b + B[y] (n, out), one per sample."""
+        """The bias of every hidden layer and then every head under the masks in place, as
+        arrays: b (out,) (with resampled masks b + 1 (U * M), `MaskedLinear.effective_bias`),
+        or with labels y (n,) plus B[y] (n, out), one per sample."""
         layers = [*self.layers, *self._heads()]
         if y is None:
-            return [layer.bias.data for layer in layers]
+            return [layer.effective_bias().data for layer in layers]
         labels = [*self.layer_labels, *self.head_labels]
-        return [layer.bias.data + label(y).data for layer, label in zip(layers, labels)]
+        return [layer.effective_bias().data + label(y).data for layer, label in zip(layers, labels)]
 
     @staticmethod
     def _draw_noise(u):
@@ -586,8 +590,8 @@ class GaussianMADE(MADE):
     kind = "real"
 
     def _make_heads(self, width: int) -> None:
-        self.mean_head = MaskedLinear(width, self.d)
-        self.log_std_head = MaskedLinear(width, self.d)
+        self.mean_head = MaskedLinear(width, self.d, mask_input=self.resample_masks)
+        self.log_std_head = MaskedLinear(width, self.d, mask_input=self.resample_masks)
 
     def _heads(self) -> list:
         return [self.mean_head, self.log_std_head]
