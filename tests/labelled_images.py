@@ -1,5 +1,7 @@
-"""Tiny labelled image data for the scripts' tests: three classes any model tells apart."""
+"""Tiny labelled image data for the scripts' tests: three classes any model tells apart, and
+the fixture `labelled`, an IDX folder of them."""
 import numpy as np
+import pytest
 
 from nanoar import datasets
 
@@ -23,3 +25,9 @@ def write_labelled_folder(folder, seed=0, n_train=900, n_test=300):
         datasets.write_idx(folder / f"{split}-images-idx3-ubyte", x)
         datasets.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
     return folder
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A module's labelled IDX folder (import this fixture by name)."""
+    return write_labelled_folder(tmp_path_factory.mktemp("labelled"))

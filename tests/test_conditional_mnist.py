@@ -14,18 +14,13 @@ from nanoar.checkpoint import load_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_mnist  # noqa: E402
-from labelled_images import write_labelled_folder  # noqa: E402
+from labelled_images import labelled  # noqa: E402,F401  (a fixture)
 
 
 @pytest.fixture(autouse=True)
 def _cpu():
     nanoar.set_device("cpu", seed=0)
     nanoar.set_default_dtype("float32")
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory):
-    return write_labelled_folder(tmp_path_factory.mktemp("labelled"))
 
 
 MADE = ["--model", "made", "--hidden-sizes", 32, "--epochs", 6, "--batch-size", 30, "--lr", 3e-3, "--n-samples", 6,
