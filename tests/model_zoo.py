@@ -50,7 +50,7 @@ ZOO = {
 NAMES = list(ZOO)
 DISCRETE = [n for n in NAMES if n != "gaussian-made"]
 FACTORISED = [n for n in NAMES if n != "made-mixture"]
-FUSED = ["nade", "wavenet", "wavenet-embedding-k3", "lstm", "transformer", "transformer-tied-bias"]
+FUSED = ["nade", "pixelcnn", "wavenet", "wavenet-embedding-k3", "lstm", "transformer", "transformer-tied-bias"]
 
 
 def make(name, seed=0):

@@ -1,4 +1,6 @@
-"""The cached samplers of nanoar.kernels.pixelcnn equal the naive ancestral sampler
+"""The kernels of nanoar.kernels.pixelcnn equal their textbook paths. The masked convolution
+over its kept taps equals `nn.MaskedConv2d` (weight * mask over all k x k taps) in value and
+in every gradient. The cached samplers equal the naive ancestral sampler
 (`model.sample_naive`, one full forward pass per pixel) given the same noise: on random
 image sizes, channels, kernels and depths in float32 and float64, and on every device.
 
@@ -13,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nanoar
-from nanoar import backend, no_grad
-from nanoar.kernels.pixelcnn import sample_gated_cached, sample_pixelcnn_cached
+from nanoar import Tensor, backend, no_grad
+from nanoar.kernels.pixelcnn import masked_conv2d_taps, sample_gated_cached, sample_pixelcnn_cached
+from nanoar.nn import MaskedConv2d
 from nanoar.models.pixelcnn import GatedPixelCNN, PixelCNN
 
 from strategies import fixture_settings
@@ -38,6 +41,54 @@ def make(kind, h, w, seed=0, scale=3.0, **kw):
 
 
 CACHED = {PixelCNN: sample_pixelcnn_cached, GatedPixelCNN: sample_gated_cached}
+
+
+# ---------------------------------------------------------------------------- the taps-only convolution
+def _pass(conv_fn, conv, x, gy):
+    """y and the gradients of x, weight and bias for the upstream gradient gy."""
+    xt = Tensor(nanoar.to_device(x), requires_grad=True)
+    conv.zero_grad()
+    y = conv_fn(xt)
+    y.backward(nanoar.to_device(gy))
+    return [nanoar.to_numpy(a) for a in (y.data, xt.grad, conv.weight.grad, conv.bias.grad)]
+
+
+@fixture_settings
+@given(k=st.sampled_from([1, 3, 5, 7]), mask_type=st.sampled_from("AB"), c=st.integers(1, 4), o=st.integers(1, 5),
+       n=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_masked_conv_over_its_taps_equals_the_masked_layer(float64, k, mask_type, c, o, n, h, w, seed):
+    """Value, input, weight and bias gradients equal to `nn.MaskedConv2d` (float64), on
+    random shapes, kernel sizes 1 to 7 and both mask types; the masked-out taps get a zero
+    weight gradient, as through weight * mask."""
+    nanoar.manual_seed(seed)
+    conv = MaskedConv2d(c, o, k, mask_type)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    gy = rng.standard_normal((n, o, h, w))
+    want = _pass(conv, conv, x, gy)
+    got = _pass(lambda t: masked_conv2d_taps(t, conv.weight, conv.bias, mask_type), conv, x, gy)
+    for name, a, b in zip(("y", "x grad", "weight grad", "bias grad"), got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=name)
+    assert not got[2][nanoar.to_numpy(conv.mask) == 0].any()
+
+
+def test_masked_conv_over_its_taps_reads_no_masked_weight(float64):
+    """Whatever the masked-out weights hold, the output is the same: they are never read."""
+    conv = MaskedConv2d(2, 3, 5, "B")
+    x = nanoar.to_device(np.random.default_rng(0).standard_normal((2, 2, 4, 4)))
+    with no_grad():
+        before = nanoar.to_numpy(masked_conv2d_taps(Tensor(x), conv.weight, conv.bias, "B").data)
+        conv.weight.data[nanoar.to_device(nanoar.to_numpy(conv.mask) == 0)] = 1e6
+        after = nanoar.to_numpy(masked_conv2d_taps(Tensor(x), conv.weight, conv.bias, "B").data)
+    np.testing.assert_array_equal(before, after)
+
+
+def test_masked_conv_over_its_taps_keeps_float32():
+    conv = MaskedConv2d(2, 3, 3, "A")
+    x = Tensor(nanoar.to_device(np.ones((1, 2, 3, 3), np.float32)), requires_grad=True)
+    y = masked_conv2d_taps(x, conv.weight, conv.bias, "A")
+    y.sum().backward()
+    assert y.dtype == np.float32 and x.grad.dtype == np.float32 and conv.weight.grad.dtype == np.float32
 
 
 def labels(m, n, seed):

@@ -17,9 +17,75 @@ channels-last (n, rows, cols, C), so a k x k window is one slice whose flattenin
 from __future__ import annotations
 
 from .. import backend
-from ..tensor import sigmoid_array
+from ..tensor import record_op, sigmoid_array
 
-__all__ = ["sample_pixelcnn_cached", "sample_gated_cached"]
+__all__ = ["masked_conv2d_taps", "sample_pixelcnn_cached", "sample_gated_cached"]
+
+
+# ----------------------------------------------------------------------------- training pass
+def _tap_count(k: int, mask_type: str) -> tuple[int, int]:
+    """(p, q): a raster mask of a k x k kernel keeps the p = k // 2 rows above the centre
+    whole, and the first q taps of the centre row (q = p for type A, p + 1 for type B)."""
+    p = k // 2
+    return p, p + (mask_type == "B")
+
+
+def _taps(a, p: int, q: int):
+    """The kept taps of (..., k, k, C) windows as one row each: (..., (p k + q) C), the rows
+    above first, then the centre row's first q taps, each tap's C channels together."""
+    lead = a.shape[:-3]
+    above = a[..., :p, :, :].reshape(*lead, -1)         # (..., p k C)
+    centre = a[..., p, :q, :].reshape(*lead, -1)        # (..., q C)
+    return backend.array_module(a).concatenate([above, centre], axis=-1)
+
+
+def masked_conv2d_taps(x, weight, bias, mask_type: str):
+    """`nn.MaskedConv2d` (a k x k 'same' convolution masked to raster order, type 'A' or 'B')
+    computing only the taps its mask keeps: x (N, C, H, W), weight (O, C, k, k) (its masked-out
+    taps are never read), bias (O,) or None -> y (N, O, H, W).
+
+    The window columns hold the (p k + q) kept taps, the rows above and the centre row's left
+    part (`_tap_count`: 24 of 49 taps for a 7x7 type A mask, 5 of 9 for 3x3 type B), so the
+    product is (N H W, taps C) x (taps C, O). Rows below the centre are all masked, so the
+    input is padded with p rows on top only. Backward: the weight gradient of the kept taps
+    (the masked-out taps get zero, as through `weight * mask`), and the input gradient as one
+    product (N H W, O) x (O, taps C) and a sum of each tap's slice of it into the padded input.
+    """
+    xp = backend.array_module(x.data)
+    n, c, h, w = x.shape
+    o, k = weight.shape[0], weight.shape[2]
+    p, q = _tap_count(k, mask_type)
+    a = xp.pad(x.data.transpose(0, 2, 3, 1), [(0, 0), (p, 0), (p, p), (0, 0)])   # (N, H + p, W + 2p, C)
+    s = a.strides
+    windows = backend.as_strided(a, (n, h, w, p + 1, k, c), (s[0], s[1], s[2], s[1], s[2], s[3]))  # rows up to the centre
+    cols = _taps(windows, p, q).reshape(n * h * w, -1)                             # (N H W, taps C)
+    wk = weight.data.transpose(2, 3, 1, 0)                                         # (k, k, C, O)
+    w_taps = _taps(wk.transpose(3, 0, 1, 2), p, q).T                               # (taps C, O)
+    y = cols @ w_taps                                                              # (N H W, O)
+    if bias is not None:
+        y += bias.data
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def backward(gy):
+        gy2 = xp.ascontiguousarray(gy.transpose(0, 2, 3, 1)).reshape(n * h * w, o)   # (N H W, O)
+        gx = gw = gb = None
+        if weight.requires_grad:
+            g_taps = (cols.T @ gy2).T                                              # (O, taps C)
+            full = xp.zeros((o, k, k, c), g_taps.dtype)                            # masked-out taps: 0
+            full[:, :p] = g_taps[:, :p * k * c].reshape(o, p, k, c)
+            full[:, p, :q] = g_taps[:, p * k * c:].reshape(o, q, c)
+            gw = full.transpose(0, 3, 1, 2)                                        # (O, C, k, k)
+        if bias is not None and bias.requires_grad:
+            gb = gy2.sum(axis=0)
+        if x.requires_grad:
+            g_cols = (gy2 @ w_taps.T).reshape(n, h, w, -1, c)                      # (N, H, W, taps, C)
+            g_pad = xp.zeros(a.shape, g_cols.dtype)                                # (N, H + p, W + 2p, C)
+            offsets = [(i, j) for i in range(p) for j in range(k)] + [(p, j) for j in range(q)]
+            for t, (i, j) in enumerate(offsets):                                   # each tap's input window
+                g_pad[:, i:i + h, j:j + w] += g_cols[:, :, :, t]
+            gx = g_pad[:, p:, p:p + w].transpose(0, 3, 1, 2)                       # (N, C, H, W)
+        return gx, gw, gb
+    return record_op(y.reshape(n, h, w, o).transpose(0, 3, 1, 2), parents, backward, "masked_conv2d_taps")
 
 
 def _window_matrix(weight, rows=None):

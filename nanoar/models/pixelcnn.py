@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..distributions import Bernoulli
-from ..kernels.pixelcnn import sample_gated_cached, sample_pixelcnn_cached
+from ..kernels.pixelcnn import masked_conv2d_taps, sample_gated_cached, sample_pixelcnn_cached
 from ..nn import Conv2d, LabelBias, MaskedConv2d, gated_activation
 from ..tensor import Tensor, relu
 from .base import AutoregressiveModel, check_n_labels
@@ -119,6 +119,8 @@ class PixelCNN(_RasterImageModel):
     terms B[y] drop out).
     """
 
+    fused = True  # masked convolutions over their kept taps only (`masked`); False: the layers
+
     def __init__(self, height: int = 28, width: int = 28, channels: int = 64, n_residual: int = 5,
                  first_kernel: int = 7, kernel: int = 3, head_channels: int = 64, n_labels: int = 0):
         self._init_shape(height, width, n_labels)
@@ -141,13 +143,21 @@ class PixelCNN(_RasterImageModel):
                     first_kernel=self.first_kernel, kernel=self.kernel, head_channels=self.head_channels,
                     n_labels=self.n_labels)
 
+    def masked(self, conv: MaskedConv2d, h: Tensor) -> Tensor:
+        """One masked convolution: with `fused`, only the taps its mask keeps
+        (`kernels.pixelcnn.masked_conv2d_taps`, the same function); else the textbook layer,
+        weight * mask over all k x k taps. (N, C, H, W) -> (N, O, H, W)."""
+        if self.fused:
+            return masked_conv2d_taps(h, conv.weight, conv.bias, conv.mask_type)
+        return conv(h)
+
     def forward(self, x: Tensor, y=None) -> Tensor:
         """x: Tensor (N, 1, H, W), labels y (N,) of a conditional model -> logits f (N, 1, H, W),
         one parallel pass (no data checks)."""
         self._check_forward_labels(y, x.shape[0])
-        h = relu(_with_label(self.conv_a(x), self.label_a, y))         # (N, C, H, W): h_0 at (i, j) sees x_<ij, y
+        h = relu(_with_label(self.masked(self.conv_a, x), self.label_a, y))   # (N, C, H, W): h_0 at (i, j) sees x_<ij, y
         for conv, label in zip(self.res, self.label_res):
-            h = h + relu(_with_label(conv(h), label, y))               # (N, C, H, W): still x_<ij, y only
+            h = h + relu(_with_label(self.masked(conv, h), label, y))         # (N, C, H, W): still x_<ij, y only
         h = relu(_with_label(self.out1(h), self.label_out1, y))        # (N, C_head, H, W)
         return self.out2(h)                                            # (N, 1, H, W): f_ij
 
