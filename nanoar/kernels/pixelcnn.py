@@ -48,8 +48,8 @@ def masked_conv2d_taps(x, weight, bias, mask_type: str):
     part (`_tap_count`: 24 of 49 taps for a 7x7 type A mask, 5 of 9 for 3x3 type B), so the
     product is (N H W, taps C) x (taps C, O). Rows below the centre are all masked, so the
     input is padded with p rows on top only. Backward: the weight gradient of the kept taps
-    (the masked-out taps get zero, as through `weight * mask`), and the input gradient as one
-    product (N H W, O) x (O, taps C) and a sum of each tap's slice of it into the padded input.
+    (the masked-out taps get zero, as through `weight * mask`), and the input gradient tap by
+    tap: (N H W, O) x (O, C), added into the padded input where that tap read it.
     """
     xp = backend.array_module(x.data)
     n, c, h, w = x.shape
@@ -78,11 +78,11 @@ def masked_conv2d_taps(x, weight, bias, mask_type: str):
         if bias is not None and bias.requires_grad:
             gb = gy2.sum(axis=0)
         if x.requires_grad:
-            g_cols = (gy2 @ w_taps.T).reshape(n, h, w, -1, c)                      # (N, H, W, taps, C)
-            g_pad = xp.zeros(a.shape, g_cols.dtype)                                # (N, H + p, W + 2p, C)
+            g_pad = xp.zeros(a.shape, gy2.dtype)                                   # (N, H + p, W + 2p, C)
             offsets = [(i, j) for i in range(p) for j in range(k)] + [(p, j) for j in range(q)]
-            for t, (i, j) in enumerate(offsets):                                   # each tap's input window
-                g_pad[:, i:i + h, j:j + w] += g_cols[:, :, :, t]
+            for t, (i, j) in enumerate(offsets):                                   # each tap, in `_taps` order:
+                g_tap = gy2 @ w_taps[t * c:(t + 1) * c].T                          # (N H W, C), its input's gradient
+                g_pad[:, i:i + h, j:j + w] += g_tap.reshape(n, h, w, c)            # at the positions it read
             gx = g_pad[:, p:, p:p + w].transpose(0, 3, 1, 2)                       # (N, C, H, W)
         return gx, gw, gb
     return record_op(y.reshape(n, h, w, o).transpose(0, 3, 1, 2), parents, backward, "masked_conv2d_taps")
