@@ -196,11 +196,20 @@ def make_rng(seed=None):
 
 # ----------------------------------------------------------------------------- differing calls
 def scatter_add(target, index, values) -> None:
-    """target[index] += values, accumulating over repeated indices, in place."""
+    """target[index] += values, accumulating over repeated indices, in place.
+
+    On the CPU, rows picked by one int array (an embedding's gradient) are summed per
+    distinct index with one sort and `np.add.reduceat`; `np.add.at` adds them one at a time."""
     if is_device_array(target):
         import cupyx  # noqa: PLC0415
 
         cupyx.scatter_add(target, index, values)
+    elif isinstance(index, np.ndarray) and index.ndim == 1 and index.size and values.ndim == target.ndim:
+        index = np.where(index < 0, index + target.shape[0], index)          # -1: the last row, as in add.at
+        order = np.argsort(index, kind="stable")
+        ids = index[order]
+        starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))   # each distinct id's first row
+        target[ids[starts]] += np.add.reduceat(values[order], starts, axis=0)
     else:
         np.add.at(target, index, values)
 

@@ -12,6 +12,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import nanoar
 from nanoar import Tensor, backend
@@ -139,6 +141,18 @@ def test_scatter_add_accumulates_and_as_strided_is_read_only():
     np.testing.assert_array_equal(w[1], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError):
         w[0, 0] = 1.0
+
+
+@given(v=st.integers(1, 6), d=st.integers(0, 3), ids=st.lists(st.integers(-6, 5), max_size=30), seed=st.integers(0, 99))
+def test_scatter_add_of_rows_equals_add_at(v, d, ids, seed):
+    """Rows by one int array (sorted and summed per id on the CPU) equal numpy's add.at,
+    negative ids and repeats included."""
+    ids = np.array([i % v if i >= 0 else -(-i % v or v) for i in ids], np.int64)
+    values = np.random.default_rng(seed).standard_normal((len(ids), d))
+    got, want = np.ones((v, d)), np.ones((v, d))
+    backend.scatter_add(got, ids, values)
+    np.add.at(want, ids, values)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- a real GPU
