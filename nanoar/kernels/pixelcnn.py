@@ -33,9 +33,9 @@ def _tap_count(k: int, mask_type: str) -> tuple[int, int]:
 def _taps(a, p: int, q: int):
     """The kept taps of (..., k, k, C) windows as one row each: (..., (p k + q) C), the rows
     above first, then the centre row's first q taps, each tap's C channels together."""
-    lead = a.shape[:-3]
-    above = a[..., :p, :, :].reshape(*lead, -1)         # (..., p k C)
-    centre = a[..., p, :q, :].reshape(*lead, -1)        # (..., q C)
+    *lead, _, k, c = a.shape
+    above = a[..., :p, :, :].reshape(*lead, p * k * c)  # (..., p k C)
+    centre = a[..., p, :q, :].reshape(*lead, q * c)     # (..., q C)
     return backend.array_module(a).concatenate([above, centre], axis=-1)
 
 
@@ -58,7 +58,7 @@ def masked_conv2d_taps(x, weight, bias, mask_type: str):
     a = xp.pad(x.data.transpose(0, 2, 3, 1), [(0, 0), (p, 0), (p, p), (0, 0)])   # (N, H + p, W + 2p, C)
     s = a.strides
     windows = backend.as_strided(a, (n, h, w, p + 1, k, c), (s[0], s[1], s[2], s[1], s[2], s[3]))  # rows up to the centre
-    cols = _taps(windows, p, q).reshape(n * h * w, -1)                             # (N H W, taps C)
+    cols = _taps(windows, p, q).reshape(n * h * w, (p * k + q) * c)                # (N H W, taps C)
     wk = weight.data.transpose(2, 3, 1, 0)                                         # (k, k, C, O)
     w_taps = _taps(wk.transpose(3, 0, 1, 2), p, q).T                               # (taps C, O)
     y = cols @ w_taps                                                              # (N H W, O)
