@@ -1,7 +1,9 @@
-"""Cached samplers of PixelCNN and GatedPixelCNN (Ramachandran et al. 2017, "Fast Generation
-for Convolutional Autoregressive Models").
+"""PixelCNN's kernels: the masked convolution over only the taps its mask keeps (the training
+pass, `masked_conv2d_taps`, equal to `nn.MaskedConv2d`), and the cached samplers of PixelCNN
+and GatedPixelCNN (Ramachandran et al. 2017, "Fast Generation for Convolutional
+Autoregressive Models").
 
-Each returns exactly what the naive ancestral sampler `model.sample_naive(noise, y)` returns
+Each sampler returns exactly what the naive ancestral sampler `model.sample_naive(noise, y)` returns
 (one full `model.forward` pass per pixel, nanoar.models.base): pixel q = (i, j) in raster
 order is x_q = [u_q < sigmoid(f_q)], the rule of `Bernoulli.draw`, with u_q = noise[:, q].
 A class-conditional model's labels y (n,) enter as per-sample biases: each layer's bias (O,)
@@ -31,8 +33,8 @@ def _tap_count(k: int, mask_type: str) -> tuple[int, int]:
 
 
 def _taps(a, p: int, q: int):
-    """The kept taps of (..., k, k, C) windows as one row each: (..., (p k + q) C), the rows
-    above first, then the centre row's first q taps, each tap's C channels together."""
+    """The kept taps of (..., rows >= p + 1, k, C) windows as one row each: (..., (p k + q) C),
+    the p rows above first, then the centre row's first q taps, each tap's C channels together."""
     *lead, _, k, c = a.shape
     above = a[..., :p, :, :].reshape(*lead, p * k * c)  # (..., p k C)
     centre = a[..., p, :q, :].reshape(*lead, q * c)     # (..., q C)
