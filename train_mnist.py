@@ -154,6 +154,8 @@ def parse_args(argv=None):
     scoring = sorted(args.given & set(SCORE_FLAGS))
     if scoring and not args.score:
         p.error(f"argument --{scoring[0]}: only with --score CHECKPOINT")
+    if args.conditional and args.dataset == "binarized-mnist":
+        p.error("argument --conditional: binarized-mnist has no class labels; use mnist or fashion-mnist")
     if "mask" in args.given and not args.complete:
         p.error("argument --mask: only with --complete CHECKPOINT")
     for name in args.against or []:

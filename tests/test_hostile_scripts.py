@@ -178,6 +178,7 @@ MNIST_CASES = [
     (["--background", "{mnist}"], 2, ["--background", "--score"]),
     (["--fpr", 0.1], 2, ["--fpr", "--score"]),
     (["--conditional"], 1, ["no class labels", "--conditional"]),
+    (["--conditional", "--dataset", "binarized-mnist"], 2, ["--conditional", "no class labels"]),
     (["--mask", "top"], 2, ["--mask", "--complete"]),
     (["--complete", "{mnist}", "--resume"], 2, ["--resume", "--complete"]),
     (["--complete", "{mnist}", "--conditional"], 2, ["--conditional", "--complete"]),
