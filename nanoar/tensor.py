@@ -741,8 +741,30 @@ def _is_basic_index(index) -> bool:
     return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)
 
 
-def getitem(x, index) -> Tensor:
-    """y = x[index]: slicing, or integer-array indexing (backward scatter-adds repeats)."""
+def _check_device_index(shape: tuple, items: tuple) -> None:
+    """Raise NumPy's IndexError for integer arrays on the GPU that point outside their axis:
+    CuPy wraps them around silently. One sync per such array; host indices are NumPy's to check."""
+    if not any(backend.is_device_array(i) for i in items):
+        return
+    spans = [i.ndim if getattr(i, "dtype", None) == bool else 0 if i is None else 1 for i in items]
+    cut = next((k for k, i in enumerate(items) if i is Ellipsis), len(items))
+    axis = 0
+    for k, i in enumerate(items):
+        if k == cut + 1:        # after the Ellipsis: count the remaining axes from the end
+            axis = len(shape) - builtins.sum(spans[k:])
+        if i is Ellipsis:
+            continue
+        if backend.is_device_array(i) and i.dtype.kind in "iu" and i.size and 0 <= axis < len(shape):
+            lo, hi = backend.value_range(i)
+            n = shape[axis]
+            if lo < -n or hi >= n:
+                raise IndexError(f"index {hi if hi >= n else lo} is out of bounds for axis {axis} with size {n}")
+        axis += spans[k]
+
+
+def getitem(x, index, check: bool = True) -> Tensor:
+    """y = x[index]: slicing, or integer-array indexing (backward scatter-adds repeats).
+    check=False skips the range check of integer arrays on the GPU (see `_check_ids`)."""
     if isinstance(index, Tensor):
         raise TypeError("index a Tensor with an integer array, not a float Tensor")
     items = index if isinstance(index, tuple) else (index,)
@@ -750,6 +772,8 @@ def getitem(x, index) -> Tensor:
         if hasattr(i, "dtype"):
             backend.check_same_device(i, "indexing: ")
     try:
+        if check:
+            _check_device_index(x.shape, items)
         y = x.data[index]
     except IndexError as e:
         raise IndexError(f"index out of range for a tensor of shape {x.shape}: {e}") from None

@@ -1058,3 +1058,8 @@ def test_ids_out_of_range_raise_index_error_with_the_range(device):
             nanoar.gather(x, dev(np.array(idx)), axis=1)
     with pytest.raises(IndexError, match=r"\(2, 4\)"):
         x[dev(np.array([2]))]
+    for index in ((slice(None), dev(np.array([4]))), (Ellipsis, dev(np.array([-5]))),
+                  (dev(np.array([0])), dev(np.array([9])))):
+        with pytest.raises(IndexError, match=r"axis 1 with size 4"):
+            x[index]
+    assert host(x[Ellipsis, dev(np.array([-4, 3]))].data).shape == (2, 2)

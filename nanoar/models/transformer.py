@@ -55,7 +55,7 @@ from .. import backend
 from ..distributions import Categorical, sample_categorical
 from ..kernels.attention import cached_attention, causal_self_attention, kv_cache
 from ..nn import Embedding, LayerNorm, Linear, Module, init_constant, init_normal
-from ..tensor import Tensor, concatenate, gelu, matmul, no_grad, softmax, split, transpose
+from ..tensor import Tensor, concatenate, gelu, getitem, matmul, no_grad, softmax, split, transpose
 from .base import SequenceModel
 
 
@@ -196,7 +196,7 @@ class CharTransformer(SequenceModel):
         xp = backend.xp()
         rows = xp.arange(c, t)[:, None] + xp.arange(1 - c, 1)[None, :]           # (T - c, c)
         rows[:, 0] = 0
-        win = e[:, rows].reshape(n * (t - c), c, d)                               # (N (T - c), c, D)
+        win = getitem(e, (slice(None), rows), check=False).reshape(n * (t - c), c, d)  # (N (T - c), c, D)
         rest = self.forward_embedded(win)[:, -1]                                  # (N (T - c), K)
         return concatenate([first, rest.reshape(n, t - c, self.n_classes)], axis=1)  # (N, T, K)
 

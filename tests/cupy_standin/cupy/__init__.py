@@ -21,6 +21,8 @@ underneath. What it does prove is that nanoar's 'cuda' path stays inside what Cu
 - NumPy functions called on these arrays dispatch here through `__array_function__` and
   `__array_ufunc__`, as they do for CuPy arrays.
 
+Like CuPy, integer-array indices outside their axis wrap around instead of raising.
+
 Stricter than CuPy, on purpose: a NumPy array used as an index, or assigned into a device
 array, raises (CuPy would copy it to the device behind the caller's back).
 
@@ -150,6 +152,18 @@ def _index(key):
     return key  # ints, slices, None, Ellipsis, and lists of ints (CuPy takes those too)
 
 
+def _wrapped(key, shape):
+    """CuPy wraps out-of-range integer-array indices around instead of raising (its indexing
+    docs); done here for keys of integer arrays, ints and slices, the ones nanoar uses."""
+    items = key if isinstance(key, tuple) else (key,)
+    if not _builtins.any(isinstance(k, _np.ndarray) and k.dtype.kind in "iu" for k in items) or \
+            _builtins.any(k is None or k is Ellipsis or getattr(k, "dtype", None) == bool for k in items):
+        return key
+    items = tuple(k % shape[axis] if isinstance(k, _np.ndarray) and k.dtype.kind in "iu" and axis < len(shape)
+                  else k for axis, k in enumerate(items))
+    return items if isinstance(key, tuple) else items[0]
+
+
 # ----------------------------------------------------------------------------- the array
 class ndarray:
     """A device array: NumPy storage, CuPy rules."""
@@ -255,7 +269,7 @@ class ndarray:
     def __getitem__(self, key):
         if _builtins.any(isinstance(k, (ndarray, list)) for k in (key if isinstance(key, tuple) else (key,))):
             _counts["calls"] += 1  # a gather; basic slicing is a view, no kernel
-        return _wrap(self._a[_index(key)])
+        return _wrap(self._a[_wrapped(_index(key), self._a.shape)])
 
     def __setitem__(self, key, value):
         _counts["calls"] += 1
