@@ -201,9 +201,7 @@ def scatter_add(target, index, values) -> None:
     On the CPU, rows picked by one int array (an embedding's gradient) are summed per
     distinct index with one sort and `np.add.reduceat`; `np.add.at` adds them one at a time."""
     if is_device_array(target):
-        import cupyx  # noqa: PLC0415
-
-        cupyx.scatter_add(target, index, values)
+        array_module(target).add.at(target, index, values)
     elif isinstance(index, np.ndarray) and index.ndim == 1 and index.size and values.ndim == target.ndim:
         index = np.where(index < 0, index + target.shape[0], index)          # -1: the last row, as in add.at
         order = np.argsort(index, kind="stable")
