@@ -291,8 +291,9 @@ def write_samples(model, n, seed, out_dir, shape) -> None:
     p_on = np.where(xs == 1, np.exp(lp), -np.expm1(lp))
     left, right = tile(samples, cols), tile(p_on.reshape(-1, *shape[1:]), cols)
     gap = np.full((left.shape[0], 8), 1.0)
-    write_png(os.path.join(out_dir, "samples_conditionals.png"), np.concatenate([left, gap, right], axis=1))
-    print("wrote samples_conditionals.png (samples | p(x_i = 1 | x_<i))")
+    path = os.path.join(out_dir, "samples_conditionals.png")
+    write_png(path, np.concatenate([left, gap, right], axis=1))
+    print(f"wrote {path} (samples | p(x_i = 1 | x_<i))")
 
 
 def use_checkpoint(args) -> None:
