@@ -26,21 +26,21 @@ export PYTHONUNBUFFERED=1
   || "$py" -m pip install -q -e . >>"$out/install.log" 2>&1
 
 echo "== CUDA tests (the 'cuda' and 'gpu' variants; CuPy compiles each kernel once, the first run is slower)"
-parallel=$("$py" -c "import xdist" 2>/dev/null && echo "-n 4")
+parallel=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")
 SECONDS=0
-timeout 300 "$py" -m pytest -q -rs $parallel -k "cuda or gpu" -p no:cacheprovider tests 2>&1 \
+timeout 240 "$py" -m pytest -q -rs $parallel -k "cuda or gpu" -p no:cacheprovider tests 2>&1 \
   | tee "$out/tests_cuda.txt" | tail -5
 echo "tests took ${SECONDS} s" | tee -a "$out/tests_cuda.txt"
 
 echo "== benchmark, nanoar on CuPy"
 for w in made made-eval pixelcnn wavenet chargpt sample-wavenet sample-made; do
-  timeout 60 "$py" -m nanoar.bench --only "$w" --device cuda --steps 20 2>>"$out/bench_errors.txt"
+  timeout 45 "$py" -m nanoar.bench --only "$w" --device cuda --steps 20 2>>"$out/bench_errors.txt"
 done | tee "$out/bench_cuda.jsonl"
 
 if "$py" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   echo "== benchmark, PyTorch on CUDA"
-  for w in made pixelcnn wavenet chargpt sample-wavenet; do
-    timeout 60 "$py" bench/torch_ref.py --only "$w" --device cuda --steps 20 2>>"$out/bench_errors.txt"
+  for w in made pixelcnn wavenet chargpt sample-wavenet-cached; do
+    timeout 45 "$py" bench/torch_ref.py --only "$w" --device cuda --steps 20 2>>"$out/bench_errors.txt"
   done | tee "$out/bench_torch_cuda.jsonl"
 fi
 
@@ -56,7 +56,7 @@ for name, n in (("train-images-idx3-ubyte.gz", 2000), ("t10k-images-idx3-ubyte.g
 PY
 for m in made nade pixelcnn; do
   echo "-- $m"
-  timeout 120 "$py" train_mnist.py --device cuda --model "$m" --dataset "$work/idx" --epochs 2 \
+  timeout 90 "$py" train_mnist.py --device cuda --model "$m" --dataset "$work/idx" --epochs 2 \
     --out "$work/run-$m" --quiet --n-samples 16 2>&1 | tail -4
 done | tee "$out/train.txt"
 rm -rf "$work"
