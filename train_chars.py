@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 
-from nanoar import anomaly, backend, datasets, no_grad, training
+from nanoar import anomaly, backend, datasets, distributed, no_grad, training
 from nanoar.datasets.download import DataError, atomic_write
 from nanoar.models import build_model, model_class
 from nanoar.optim import AdamW
@@ -151,12 +151,14 @@ def evaluate_text(model, ids, context, max_windows=0, batch_size=64):
     windows = ids[:n].reshape(-1, context)
     if max_windows:
         windows = windows[:max_windows]
+    lo, hi = distributed.shard_range(len(windows))   # a distributed run: each rank its part
     total = first = 0.0
     with no_grad():
-        for i in range(0, len(windows), batch_size):
-            lp = model.log_prob_per_variable(backend.to_device(windows[i:i + batch_size])).data
+        for i in range(lo, hi, batch_size):
+            lp = model.log_prob_per_variable(backend.to_device(windows[i:min(i + batch_size, hi)])).data
             total -= float(lp.sum())
             first -= float(lp[:, 0].sum())
+    total, first = distributed.all_reduce_sum([total, first])
     count = windows.size
     return total / count, (total - first) / (count - len(windows))
 
@@ -212,6 +214,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     with training.error_boundary(args.debug):
         training.configure(args.device, args.seed)
+        training.refuse_distributed(args, ("sample", "score"))
         if args.sample:
             model, _, meta = training.load_run(args.sample, "train_chars")
             vocab = datasets.CharVocab.from_dict(meta["vocab"])
@@ -231,15 +234,17 @@ def train(args, run, resume) -> None:
     if resume:
         model, opt, meta = training.load_run(resume, "train_chars", make_opt)
         training.resume_settings(args, meta, SETTINGS)
+        training.resume_batch_size(args, meta)
         data = {"path": args.data} if "data" in args.given else meta["data"]
         vocab, train_ids, valid_ids = load_text(data["path"], args.data_dir, datasets.CharVocab.from_dict(meta["vocab"]),
-                                                args.context, args.batch_size, model.stateful)
+                                                args.context, args.batch_size * distributed.world_size(), model.stateful)
         loop, best_path = meta["loop"], os.path.join(os.path.dirname(resume), "best.npz")
         print(f"resuming {resume} at iteration {opt.step_count}")
     else:
         data = {"path": args.data}
         stateful = model_class(args.model).stateful
-        vocab, train_ids, valid_ids = load_text(args.data, args.data_dir, None, args.context, args.batch_size, stateful)
+        vocab, train_ids, valid_ids = load_text(args.data, args.data_dir, None, args.context,
+                                                args.batch_size * distributed.world_size(), stateful)
         model = new_model(args, len(vocab))
         opt = make_opt(model.parameters())
         loop, best_path = {}, None
@@ -253,14 +258,15 @@ def train(args, run, resume) -> None:
     print(f"text: {len(train_ids) + len(valid_ids):,} characters ({len(train_ids):,} train, {len(valid_ids):,} "
           f"validation), vocabulary {len(vocab)}")
     print(f"model {type(model).__name__} {model.config()}: {model.num_parameters():,} parameters, "
-          f"device {backend.get_device()}")
+          f"device {backend.get_device()}, batch {training.describe_batch(args.batch_size)}")
 
     # ---- the loop: windows of the text (read in order by a stateful model), the
     # validation text scored every --eval-interval iterations
+    batch = args.batch_size * distributed.world_size()   # the global batch
     if model.stateful:
-        batches = training.TextStreams(train_ids, args.batch_size, args.context, model, loop or None)
+        batches = training.TextStreams(train_ids, batch, args.context, model, loop or None)
     else:
-        batches = training.RandomWindows(train_ids, args.batch_size, args.context, loop or None, seed=args.seed)
+        batches = training.RandomWindows(train_ids, batch, args.context, loop or None, seed=args.seed)
 
     def evaluate(train_loss, seconds):
         valid, valid_ctx = evaluate_text(model, valid_ids, args.context, args.eval_windows)
@@ -271,7 +277,7 @@ def train(args, run, resume) -> None:
                            wall_seconds=seconds, lr=opt.lr), line
 
     meta = {"script": "train_chars", "data": data, "vocab": vocab.to_dict(),
-            "settings": {k: getattr(args, k) for k in SETTINGS}}
+            "settings": {k: getattr(args, k) for k in SETTINGS}, "world_size": distributed.world_size()}
     best_path = training.train(model, opt, batches, run, max_steps=args.max_iters, eval_every=args.eval_interval,
                                evaluate=evaluate, clip=args.clip, meta=meta, best_valid=loop.get("best_valid"),
                                best_path=best_path, lr_at=lambda it: lr_at(it, args), quiet=args.quiet)

@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from nanoar import anomaly, backend, conditioning, datasets, no_grad, training
+from nanoar import anomaly, backend, conditioning, datasets, distributed, no_grad, training
 from nanoar.datasets.download import atomic_write
 from nanoar.models import build_model
 from nanoar.optim import Adam
@@ -328,7 +328,7 @@ def report_conditional(model, ds, batch_size, quiet, label, out_dir=None) -> dic
     print(report("  marginal -log p(x) = -log sum_y p(x | y) p(y), no class given", marginal, ds))
     print(f"  generative classifier argmax_y log p(x | y) + log p(y): test accuracy {accuracy:.2%} on {len(y)} "
           f"images (the most frequent class alone: {np.bincount(y).max() / len(y):.2%})")
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         path = os.path.join(out_dir, "confusion.png")
         cm = conditioning.confusion_matrix(y, predicted, model.n_labels)
         conditioning.write_confusion(path, cm, f"{type(model).__name__}, test accuracy {accuracy:.2%}")
@@ -504,6 +504,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     with training.error_boundary(args.debug):
         training.configure(args.device, args.seed)
+        training.refuse_distributed(args, ("score", "eval", "sample", "complete"))
         if args.score:
             return score_checkpoint(args)
         if args.eval or args.sample:
@@ -521,6 +522,7 @@ def train(args, run, resume) -> None:
     if resume:
         model, opt, meta = training.load_run(resume, "train_mnist", make_opt)
         training.resume_settings(args, meta, SETTINGS)
+        training.resume_batch_size(args, meta)
         opt.lr = args.lr
         ds, spec, _ = load_data(meta["data"], args.data_dir)
         check_fits(model, ds, resume)
@@ -534,9 +536,10 @@ def train(args, run, resume) -> None:
         model = new_model(args, ds.test.shape[1:], n_labels)
         opt = make_opt(model.parameters())
         loop, best_path = {}, None
-    batch_size, epochs = args.batch_size, args.epochs
+    batch_size, epochs = args.batch_size * distributed.world_size(), args.epochs   # the global batch
     if batch_size > ds.n_train:
-        raise UsageError(f"argument --batch-size: {batch_size} is more than the {ds.n_train} training images")
+        raise UsageError(f"argument --batch-size: {training.describe_batch(args.batch_size)} is more than the "
+                         f"{ds.n_train} training images")
     steps_per_epoch = ds.n_train // batch_size
     if args.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
@@ -549,7 +552,7 @@ def train(args, run, resume) -> None:
     else:
         baselines(ds)
     print(f"model {type(model).__name__} {model.config()}: {model.num_parameters():,} parameters, "
-          f"device {backend.get_device()}")
+          f"device {backend.get_device()}, batch {training.describe_batch(args.batch_size)}")
 
     # ---- the loop: shuffled batches, the validation set scored after every epoch
     perturb = spec.get("perturb", 0.0)
@@ -568,7 +571,8 @@ def train(args, run, resume) -> None:
         return valid, dict(epoch=epoch, step=opt.step_count, train_nll=train_nll, valid_nll=valid,
                            seconds=seconds, data=ds.describe()), line
 
-    meta = {"script": "train_mnist", "data": spec, "settings": {k: getattr(args, k) for k in SETTINGS}}
+    meta = {"script": "train_mnist", "data": spec, "settings": {k: getattr(args, k) for k in SETTINGS},
+            "world_size": distributed.world_size()}
     best_path = training.train(model, opt, batches, run, max_steps=epochs * steps_per_epoch,
                                eval_every=steps_per_epoch, evaluate=evaluate, clip=args.clip, meta=meta,
                                best_valid=loop.get("best_valid"), best_path=best_path, quiet=args.quiet)
@@ -584,7 +588,8 @@ def train(args, run, resume) -> None:
     d = int(np.prod(ds.test.shape[1:]))
     run.log.write(event="test", **figures, bits_per_dim=figures["test_nll"] / (d * math.log(2)), data=ds.describe(),
                   checkpoint=best_path)
-    write_samples(model, args.n_samples, args.seed, run.path, ds.test.shape[1:])
+    if distributed.is_main():
+        write_samples(model, args.n_samples, args.seed, run.path, ds.test.shape[1:])
 
 
 if __name__ == "__main__":

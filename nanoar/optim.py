@@ -69,6 +69,7 @@ class Optimizer:
         self._views = [None] * len(self.params)
         for i in range(len(self.params)):
             self._adopt(i)
+        self._packed, self._packed_views = None, []   # `pack_grads`
 
     def _adopt(self, i: int) -> None:
         """Copy parameter i's array into its segment and make the parameter a view of it."""
@@ -84,13 +85,44 @@ class Optimizer:
         a, b = self._segments[i]
         return buffer[a:b].reshape(self.params[i].data.shape)
 
-    def _flat_grad(self):
-        """All gradients as one flat array in the buffer's layout, for a whole-buffer update;
-        None for a parameter-by-parameter one (see the class docstring)."""
+    def _adopt_replaced(self) -> None:
         for i, p in enumerate(self.params):
             if p.data is not self._views[i]:
                 self._adopt(i)
+
+    def flat_parameters(self):
+        """Every parameter's values as one flat array, of which the parameters are views
+        (a data-parallel run broadcasts it from rank 0)."""
+        self._adopt_replaced()
+        return self._flat
+
+    def pack_grads(self, spare: int = 0):
+        """Every gradient copied into one flat array in the update's layout (zeros for a
+        parameter without one, which keeps no gradient), each .grad then a view of it, with
+        `spare` slots after them for the caller: the (n + spare,) array that a data-parallel
+        step all-reduces in one call. The update then reads the gradients from it directly."""
+        self._adopt_replaced()
+        n = self._flat.size
+        if self._packed is None or self._packed.size != n + spare:
+            self._packed = self.xp.empty(n + spare, self._flat.dtype)
+        self._packed_views = []
+        for i in self._layout:
+            p, (a, b) = self.params[i], self._segments[i]
+            if p.grad is None:
+                self._packed[a:b] = 0
+            else:
+                self._packed[a:b] = p.grad.reshape(-1)
+                p.grad = self._packed[a:b].reshape(p.data.shape)
+            self._packed_views.append(p.grad)
+        return self._packed
+
+    def _flat_grad(self):
+        """All gradients as one flat array in the buffer's layout, for a whole-buffer update;
+        None for a parameter-by-parameter one (see the class docstring)."""
+        self._adopt_replaced()
         grads = [self.params[i].grad for i in self._layout]
+        if self._packed_views and all(g is v and g is not None for g, v in zip(grads, self._packed_views)):
+            return self._packed[:self._flat.size]    # packed and not replaced since (e.g. by clipping)
         if not backend.prefers_few_calls() or any(g is None for g in grads):
             return None
         return self.xp.concatenate([g.reshape(-1) for g in grads], out=self._grad)
@@ -98,6 +130,7 @@ class Optimizer:
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
+        self._packed_views = []
 
     def _buffers(self) -> dict:
         return {}
@@ -127,8 +160,8 @@ class SGD(Optimizer):
         self.step_count += 1
         g = self._flat_grad()
         if g is not None:
-            g *= self.lr
-            self._flat -= g
+            self.xp.multiply(g, self.lr, out=self._grad)
+            self._flat -= self._grad
             return
         for p in self.params:
             if p.grad is not None:

@@ -27,10 +27,11 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import numpy as np
 
-from . import backend
+from . import backend, distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_from_state, rng_state, save_checkpoint
 from .datasets import DataError, get_windows, perturb_pixels
 from .models import build_model, model_name
@@ -147,19 +148,34 @@ def error_boundary(debug: bool = False):
     except KeyboardInterrupt:
         if debug:
             raise
-        print("error: interrupted (checkpoints already saved are kept)", file=sys.stderr)
-        raise SystemExit(130) from None
+        _fail("interrupted (checkpoints already saved are kept)", 130)
     except Exception as e:
-        if debug:
+        if debug and distributed.world_size() == 1:
             raise
-        print(f"error: {_describe(e)}", file=sys.stderr, flush=True)
-        raise SystemExit(getattr(e, "exit_status", 1)) from None
+        if debug:               # the traceback, and still the whole job stopped
+            traceback.print_exc()
+        _fail(_describe(e), getattr(e, "exit_status", 1))
+
+
+def _fail(message: str, status: int):
+    """Print the error line and exit with `status`. In a distributed run, rank 0 prints it and
+    stops the whole job at once; another rank waits a moment first (the same error usually
+    stops rank 0 too), then says which rank it is."""
+    if distributed.world_size() > 1:
+        if not distributed.is_main():
+            time.sleep(2.0)
+            message = f"(rank {distributed.rank()}) {message}"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        distributed.abort(status)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status) from None
 
 
 def _describe(e: Exception) -> str:
     """One line for an exception: its message for the errors a user can meet, and the type
     too for anything else (a bug: the traceback is one --debug away)."""
-    if isinstance(e, (UserError, DataError, CheckpointError, backend.DeviceError, NonFiniteLoss)):
+    if isinstance(e, (UserError, DataError, CheckpointError, backend.DeviceError, NonFiniteLoss,
+                      distributed.DistributedError)):
         return " ".join(str(e).split())
     if isinstance(e, MemoryError):
         return f"out of memory ({' '.join(str(e).split()) or 'MemoryError'}); choose smaller sizes or batches"
@@ -202,8 +218,36 @@ def resume_settings(args, meta: dict, names) -> None:
             setattr(args, name, value)
 
 
+def refuse_distributed(args, flags) -> None:
+    """Under mpiexec with more than one process only training runs: each of `flags`, given,
+    is refused in one line."""
+    given = [f"--{f}" for f in flags if getattr(args, f, None)]
+    if given and distributed.world_size() > 1:
+        raise UsageError(f"argument {given[0]}: runs in one process; launch it without mpiexec "
+                         "(only training is data-parallel)")
+
+
+def resume_batch_size(args, meta: dict) -> None:
+    """A resumed run keeps its global batch (--batch-size times the processes it ran on)
+    whatever the number of processes now: --batch-size becomes this launch's share of it."""
+    total = args.batch_size * meta.get("world_size", 1)
+    p = distributed.world_size()
+    if total % p:
+        raise UsageError(f"--resume: the run's global batch of {total} examples does not split over {p} "
+                         f"processes; launch a number of processes that divides {total}")
+    args.batch_size = total // p
+
+
+def describe_batch(batch_size: int) -> str:
+    """'32', or '2 x 32 = 64' in a distributed run: processes x batch per process = global."""
+    p = distributed.world_size()
+    return str(batch_size) if p == 1 else f"{p} x {batch_size} = {p * batch_size}"
+
+
 def configure(device, seed: int) -> None:
-    """Apply `--device` (or $NANOAR_DEVICE) and the process settings (`nanoar.configure`)."""
+    """Join the data-parallel process group when launched by mpiexec (`distributed.init`),
+    then apply `--device` (or $NANOAR_DEVICE) and the process settings (`nanoar.configure`)."""
+    distributed.init(device)
     try:
         backend.configure(device, seed=seed)
     except ValueError as e:
@@ -237,6 +281,8 @@ class RunFolder:
     - Temporary files of saves that a killed process left behind are removed.
     - A new run (not resuming) refuses a folder that holds another run's checkpoints or log,
       unless `force`: then `begin` removes them. A resumed run appends to the log.
+    - In a distributed run only rank 0 holds the folder; on the other ranks it is inert (no
+      lock, no checks, a log that writes nothing), and they save nothing.
     """
 
     NAMES = ("last.npz", "best.npz", "log.jsonl")
@@ -244,7 +290,10 @@ class RunFolder:
     def __init__(self, path: str, resuming: bool, force: bool):
         self.path = path
         self.last, self.best, self.log_path = (os.path.join(path, n) for n in self.NAMES)
-        self.log = JsonLog(self.log_path)
+        self.log = JsonLog(self.log_path if distributed.is_main() else None)
+        self._lock, self._replace = None, []
+        if not distributed.is_main():
+            return
         output_folder(path)
         try:
             self._lock = open(os.path.join(path, ".lock"), "a+")
@@ -277,7 +326,8 @@ class RunFolder:
         self._replace = []
 
     def close(self) -> None:
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
 
     def __enter__(self):
         return self
@@ -348,29 +398,35 @@ def example_nll(model, x, batch_size: int | None = None, desc: str = "", quiet: 
     """-log p(x) in nats for each example of the host array x (N, *event_shape), in batches
     of `batch_size` (default the model's eval batch size), with no graph: float64 (N,).
     y: host labels (N,) or one label, for a conditional model (-log p(x | y)); observed: host
-    masks (N, *event_shape) of a completion (-log p(x_U | x_O))."""
+    masks (N, *event_shape) of a completion (-log p(x_U | x_O)). In a distributed run each
+    rank scores its `distributed.shard_range` of the examples and all get the whole array."""
     batch_size = batch_size or model.eval_batch_size
-    out = np.empty(len(x), np.float64)
-    bar = progress(total=len(x), desc=desc, disable=quiet)
+    n = len(x)
+    lo, hi = distributed.shard_range(n)
+    out = np.empty(hi - lo, np.float64)
+    bar = progress(total=hi - lo, desc=desc, disable=quiet)
     with no_grad():
-        for i in range(0, len(x), batch_size):
-            batch = backend.to_device(np.ascontiguousarray(x[i:i + batch_size]).reshape(-1, *model.event_shape))
+        for i in range(lo, hi, batch_size):
+            j = min(i + batch_size, hi)
+            batch = backend.to_device(np.ascontiguousarray(x[i:j]).reshape(-1, *model.event_shape))
             part = {}
             if y is not None:
-                part["y"] = y if np.ndim(y) == 0 else y[i:i + batch_size]
+                part["y"] = y if np.ndim(y) == 0 else y[i:j]
             if observed is not None:
-                part["observed"] = observed[i:i + batch_size]
-            out[i:i + len(batch)] = -backend.to_numpy(model.log_prob(batch, **part).data).astype(np.float64)
+                part["observed"] = observed[i:j]
+            out[i - lo:j - lo] = -backend.to_numpy(model.log_prob(batch, **part).data).astype(np.float64)
             bar.update(len(batch))
     bar.close()
-    return out
+    return distributed.all_gather_rows(out, n)
 
 
 # ----------------------------------------------------------------------------- batch sources
 # A batch source gives host arrays, one batch per `next()`, and `state()`: JSON from which
 # the same source continues exactly (position and random state), stored in checkpoints.
 # `carry` is the state a stateful model passes from one batch to the next (None otherwise);
-# `unit` names what the progress bar counts: examples, or ids for text.
+# `unit` names what the progress bar counts: examples, or ids for text. `batch_size` is the
+# global batch: in a distributed run every rank draws all of it, from the same random state,
+# and keeps its own rows (`distributed.shard`), so the batches are those of one process.
 class EpochBatches:
     """Shuffled batches of a data set, epoch after epoch: `data.train_batches(size, rng)` is
     one epoch's iterator; `steps_per_epoch` may cut epochs short; each batch is reshaped to
@@ -404,7 +460,7 @@ class EpochBatches:
         if self.perturb:  # drawn from the epoch's generator, so a resumed run replays it
             x = perturb_pixels(x, self.perturb, self.rng)
         x = x.reshape(len(x), *self.shape)
-        return x if y is None else (x, y.astype(np.int64))
+        return distributed.shard(x if y is None else (x, y.astype(np.int64)))
 
     def state(self) -> dict:
         if self.batch == self.steps_per_epoch:  # at an epoch's end: the next one starts here
@@ -422,7 +478,7 @@ class RandomWindows:
         self.rng = rng_from_state(saved["rng"]) if saved else np.random.default_rng(seed)
 
     def next(self):
-        return get_windows(self.ids, self.batch_size, self.length - 1, self.rng)  # (B, length)
+        return distributed.shard(get_windows(self.ids, self.batch_size, self.length - 1, self.rng))  # (B, length)
 
     def state(self) -> dict:
         return {"rng": rng_state(self.rng)}
@@ -432,7 +488,8 @@ class TextStreams:
     """Truncated backpropagation through time: `batch_size` read heads spread evenly over
     the text, each moving on by `length` ids per batch, while the model carries its state
     (`carry`) from one chunk to the next. When a head would run off its share of the text,
-    every head restarts, with a fresh state."""
+    every head restarts, with a fresh state. In a distributed run a rank reads and carries
+    its own heads' rows; `state()` gathers all of them."""
 
     unit = "ids"
 
@@ -445,17 +502,37 @@ class TextStreams:
             self.pos = np.array(saved["streams"]["pos"])
             if saved["streams"]["state"] is not None:
                 template = model.initial_state(batch_size)
-                self.carry = _from_lists(template, saved["streams"]["state"])
+                self.carry = _map_rows(distributed.shard, _from_lists(template, saved["streams"]["state"]))
 
     def next(self):
         if self.pos[0] + self.length > self.starts[0] + self.span:
             self.pos, self.carry = self.starts.copy(), None
         x = np.stack([self.ids[p:p + self.length] for p in self.pos])
         self.pos = self.pos + self.length
-        return x
+        return distributed.shard(x)
 
     def state(self) -> dict:
-        return {"streams": {"pos": self.pos.tolist(), "state": None if self.carry is None else _to_lists(self.carry)}}
+        carry = self.carry
+        if carry is not None and distributed.world_size() > 1:   # every rank's heads, in order
+            carry = _join_rows(distributed.all_gather_object(_map_rows(backend.to_numpy, carry)))
+        return {"streams": {"pos": self.pos.tolist(), "state": None if carry is None else _to_lists(carry)}}
+
+
+def _map_rows(f, state):
+    """f applied to each array of a nested tuple (a carried state)."""
+    if isinstance(state, tuple):
+        parts = [_map_rows(f, s) for s in state]
+        return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
+    return f(state)
+
+
+def _join_rows(states: list):
+    """Carried states (nested tuples of host arrays), one per rank, joined row-wise in rank order."""
+    first = states[0]
+    if isinstance(first, tuple):
+        parts = [_join_rows([s[i] for s in states]) for i in range(len(first))]
+        return type(first)(*parts) if hasattr(first, "_fields") else tuple(parts)
+    return np.concatenate(states)
 
 
 def _to_lists(state):
@@ -485,13 +562,21 @@ def train(model, optimizer, batches, run: RunFolder, *, max_steps: int, eval_eve
     checkpoint (with the loop's state under "loop"); lr_at(step) -> the learning rate of
     that step, if given. Ctrl-C or SIGTERM: the step finishes, `last.npz` is saved, and
     `Stopped` is raised (the scripts exit with 130 or 143).
+
+    Distributed (`distributed.world_size()` > 1): the ranks start from rank 0's parameters,
+    and each step averages the gradients, the loss and the stop flag over the ranks in one
+    all-reduce, so every rank clips, updates and stops alike; rank 0 alone saves and logs.
     """
     def save(path):
+        loop = {"best_valid": best_valid, **batches.state()}   # on every rank: it may gather
+        if not distributed.is_main():
+            return
         try:
-            save_run(path, model, optimizer, **meta, loop={"best_valid": best_valid, **batches.state()})
+            save_run(path, model, optimizer, **meta, loop=loop)
         except OSError as e:
             raise UserError(f"could not save {path}: {e.strerror}; the previous copy, if any, is kept") from None
 
+    distributed.broadcast_parameters(optimizer)
     t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
     bar = progress(total=max_steps, desc=type(model).__name__, disable=quiet)
     bar.update(optimizer.step_count)
@@ -505,12 +590,16 @@ def train(model, optimizer, batches, run: RunFolder, *, max_steps: int, eval_eve
                                                       y=None if y is None else backend.to_device(y))
             optimizer.zero_grad()
             loss.backward()
-            value = loss.item()
+            value, stopping = loss.item(), stop.signum
+            if distributed.world_size() > 1:   # the mean gradient, loss and stop flag of all ranks
+                value, any_stop = distributed.all_reduce_mean(optimizer, value, float(stopping is not None))
+                stopping = stopping or (signal.SIGTERM if any_stop else None)
             check_finite(value, optimizer.step_count + 1)
             clip_grad_norm(optimizer.params, clip)
             optimizer.step()
             step = optimizer.step_count
-            loss_sum, n_loss, seen = loss_sum + value, n_loss + 1, seen + (len(x) if batches.unit == "examples" else x.size)
+            done = (len(x) if batches.unit == "examples" else x.size) * distributed.world_size()
+            loss_sum, n_loss, seen = loss_sum + value, n_loss + 1, seen + done
             bar.update(1)
             bar.set_postfix_str(f"loss {loss_sum / n_loss:.3f} | {seen / (time.perf_counter() - t0):,.0f} {batches.unit}/s")
             if step % eval_every == 0 or step == max_steps:
@@ -525,13 +614,14 @@ def train(model, optimizer, batches, run: RunFolder, *, max_steps: int, eval_eve
                 if improved:
                     save(run.best)
                     best_path = run.best
-            signum = stop.signum
-            if signum is not None:
+            if stopping is not None:
                 bar.close()
                 save(run.last)
+                distributed.barrier()
                 print(f"saved {run.last} at step {step}; continue with --resume")
-                raise Stopped(signum)
+                raise Stopped(stopping)
     bar.close()
+    distributed.barrier()   # rank 0's last checkpoints are on disk before any rank reads them
     return best_path
 
 
@@ -564,9 +654,11 @@ class JsonLog:
     """Append one JSON object per line (an evaluation, a test result) to a file."""
 
     def __init__(self, path):
-        self.path = path
+        self.path = path   # None: write nothing (a distributed run's ranks other than 0)
 
     def write(self, **record) -> None:
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -577,6 +669,7 @@ def progress(iterable=None, total=None, desc="", disable=False):
         from tqdm import tqdm  # noqa: PLC0415
     except ImportError:
         return _Plain(iterable, total)
+    disable = disable or not distributed.is_main()
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False)
 
 

@@ -19,7 +19,7 @@ LAYERS = {
     "kernels": 3,
     "models": 4,
     "datasets": 5,
-    "checkpoint": 6,
+    "checkpoint": 6, "distributed": 6,
     "training": 7, "bench": 7,
     "anomaly": 8, "conditioning": 8,
 }
