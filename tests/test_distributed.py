@@ -24,9 +24,12 @@ def _mpi_missing() -> str:
     if shutil.which("mpiexec") is None:
         return "no mpiexec: install an MPI (Debian: apt-get install openmpi-bin libopenmpi-dev)"
     try:
-        import mpi4py  # noqa: F401, PLC0415
+        import mpi4py  # noqa: F401, PLC0415  (not mpi4py.MPI: that would start MPI in pytest's process)
     except ImportError:
         return "mpi4py is not installed: pip install -e '.[mpi]'"
+    r = subprocess.run([sys.executable, "-c", "from mpi4py import MPI"], capture_output=True, text=True)
+    if r.returncode:
+        return f"mpi4py cannot load an MPI library ({(r.stderr.strip().splitlines() or ['?'])[-1]})"
     return ""
 
 
