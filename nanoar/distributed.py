@@ -68,9 +68,9 @@ def init(device: str | None = None) -> None:
     if comm.Get_size() != size:
         raise DistributedError(f"mpiexec started {size} processes but mpi4py sees {comm.Get_size()}: mpi4py was "
                                "built against another MPI than the mpiexec that launched it")
+    _world = (MPI, comm, None)   # set first: an error from here on stops the whole job
     if (device or os.environ.get("NANOAR_DEVICE", "cpu")) == "cuda":
         _use_local_gpu(comm, MPI)
-    _world = (MPI, comm, None)
     if comm.Get_rank() != 0:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (held for the process's life)
 
