@@ -161,13 +161,11 @@ def _fail(message: str, status: int):
     """Print the error line and exit with `status`. In a distributed run, rank 0 prints it and
     stops the whole job at once; another rank waits a moment first (the same error usually
     stops rank 0 too), then says which rank it is."""
-    if distributed.world_size() > 1:
-        if not distributed.is_main():
-            time.sleep(2.0)
-            message = f"(rank {distributed.rank()}) {message}"
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        distributed.abort(status)
+    if not distributed.is_main():
+        time.sleep(2.0)
+        message = f"(rank {distributed.rank()}) {message}"
     print(f"error: {message}", file=sys.stderr, flush=True)
+    distributed.abort(status)   # nothing when not distributed
     raise SystemExit(status) from None
 
 
