@@ -342,6 +342,17 @@ def test_config_rebuilds_the_conditional_model(float64, name):
             np.testing.assert_array_equal(host(clone.log_prob(x, y=c)), host(model.log_prob(x, y=c)))
 
 
+@pytest.mark.parametrize("name", CONDITIONAL_NAMES)
+def test_float32_stays_float32_with_labels(name):
+    """Without float64 asked for, a conditional model's likelihood and every gradient, the
+    label weights' included, stay float32."""
+    model = make_conditional(name)
+    lp = model.log_prob(to_xp(data(model, 3, seed=8)), y=np.arange(3) % N_LABELS)
+    assert lp.dtype == np.float32
+    (-lp.mean()).backward()
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())
+
+
 # ---------------------------------------------------------------------------- a property over labels
 @fixture_settings
 @given(st.sampled_from(CONDITIONAL_DISCRETE), st.lists(st.integers(0, N_LABELS - 1), min_size=1, max_size=6),

